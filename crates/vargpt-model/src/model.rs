@@ -1,0 +1,106 @@
+//! The whole VARGPT-LLaVA network: components wired as the authors' model class.
+
+use crate::clip::ClipVision;
+use crate::config::VargptConfig;
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+use crate::projector::Mlp2;
+use crate::var::Var;
+use crate::vqvae::Vqvae;
+use crate::weights::{Vb, Weights};
+use candle_core::{DType, Device, Tensor};
+
+pub struct VargptModel {
+    pub config: VargptConfig,
+    pub vision: ClipVision,
+    pub projector: Mlp2,
+    pub llm: Llama,
+    pub var: Var,
+    pub vqvae: Vqvae,
+    /// `image_gen_projector`: VAR width → LLM hidden.
+    pub gen_in: Mlp2,
+    /// `image_gen_projector_out`: LLM hidden → VAR width.
+    pub gen_out: Mlp2,
+    dtype: DType,
+    device: Device,
+}
+
+impl VargptModel {
+    pub fn load(weights: &Weights, config: &VargptConfig) -> Result<Self> {
+        let vb = Vb::root(weights);
+        let var_cfg = config.var();
+        Ok(Self {
+            vision: ClipVision::load(
+                &vb.pp("vision_tower.vision_model"),
+                &config.vision_config,
+                config.feature_layer_index(),
+                config.vision_feature_select_strategy == "default",
+            )?,
+            projector: Mlp2::llava(&vb.pp("multi_modal_projector"))?,
+            llm: Llama::load(&vb.pp("language_model"), &config.text_config)?,
+            var: Var::load(&vb.pp("vargpt_gen"), &var_cfg)?,
+            vqvae: Vqvae::load(&vb.pp("vae_local"), &var_cfg)?,
+            gen_in: Mlp2::gen_patch_merger(&vb.pp("image_gen_projector"))?,
+            gen_out: Mlp2::gen_patch_merger(&vb.pp("image_gen_projector_out"))?,
+            config: config.clone(),
+            dtype: weights.dtype(),
+            device: weights.device().clone(),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `pixel_values [n, 3, H, W]` → projected image features `[n, tokens, hidden]`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let f = self.vision.forward(pixel_values)?;
+        self.projector.forward(&f)
+    }
+
+    /// Embeds `ids` and scatters the image feature rows into the `<image>` positions
+    /// in order (LLaVA's `masked_scatter`). The counts must match exactly.
+    pub fn embed_prompt(&self, ids: &[u32], image_features: Option<&Tensor>) -> Result<Tensor> {
+        let image_id = self.config.image_token_index;
+        let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let emb = self.llm.embed(&ids_t)?.squeeze(0)?; // [T, H]
+        let n_tokens = ids.iter().filter(|&&t| t == image_id).count();
+        let feats = match image_features {
+            Some(f) => f.reshape(((), f.dim(candle_core::D::Minus1)?))?,
+            None if n_tokens == 0 => return Ok(emb.unsqueeze(0)?),
+            None => {
+                return Err(ModelError::Input(format!(
+                    "prompt has {n_tokens} image tokens but no image was given"
+                )))
+            }
+        };
+        let n_feats = feats.dim(0)?;
+        if n_feats != n_tokens {
+            return Err(ModelError::Input(format!(
+                "image features and image tokens do not match: tokens {n_tokens}, features {n_feats}"
+            )));
+        }
+        // Rebuild the sequence from runs of text rows and image rows.
+        let feats = feats.to_dtype(emb.dtype())?;
+        let mut parts = Vec::new();
+        let (mut i, mut f) = (0usize, 0usize);
+        while i < ids.len() {
+            let is_img = ids[i] == image_id;
+            let start = i;
+            while i < ids.len() && (ids[i] == image_id) == is_img {
+                i += 1;
+            }
+            let n = i - start;
+            if is_img {
+                parts.push(feats.narrow(0, f, n)?);
+                f += n;
+            } else {
+                parts.push(emb.narrow(0, start, n)?);
+            }
+        }
+        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+    }
+}

@@ -1,0 +1,134 @@
+//! Small building blocks shared by the components: linear layers, norms, activations.
+
+use crate::error::Result;
+use crate::weights::Vb;
+use candle_core::{DType, Module, Tensor, D};
+
+/// `y = x·Wᵀ + b` over the last dimension of any-rank input.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+    pub fn load(vb: &Vb, bias: bool) -> Result<Self> {
+        let weight = vb.get("weight")?;
+        let bias = if bias { Some(vb.get("bias")?) } else { None };
+        Ok(Self { weight, bias })
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_f = *dims.last().unwrap_or(&0);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, in_f))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// LayerNorm with biased variance, optional affine parameters.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &Vb, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Some(vb.get("weight")?),
+            bias: Some(vb.get("bias")?),
+            eps,
+        })
+    }
+    /// LayerNorm without affine parameters (VAR's `ln_wo_grad`).
+    pub fn plain(eps: f64) -> Self {
+        Self {
+            weight: None,
+            bias: None,
+            eps,
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let mut y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dt)?;
+        if let Some(w) = &self.weight {
+            y = y.broadcast_mul(w)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    }
+}
+
+/// LLaMA RMSNorm, computed in f32 like the reference.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(vb: &Vb, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get("weight")?,
+            eps,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?.to_dtype(dt)?;
+        Ok(y.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Exact (erf) GELU, as `nn.GELU()`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+/// Tanh-approximated GELU, as `nn.GELU(approximate='tanh')`.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu()?)
+}
+
+/// CLIP's `quick_gelu`: `x·σ(1.702x)`.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
+}
+
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::Activation::Silu.forward(x)?)
+}
+
+/// Softmax over the last dimension, in f32.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let dt = x.dtype();
+    Ok(candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?)
+}

@@ -1,0 +1,202 @@
+//! The VAR transformer head (`VAR_VAE_v1`): AdaLN blocks with L2-normalised
+//! attention and their own KV cache across stages, `head_nm`, `head`, and the
+//! embeddings that build each stage's input tokens.
+
+use crate::config::VarConfig;
+use crate::error::Result;
+use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear};
+use crate::weights::Vb;
+use candle_core::{DType, IndexOp, Tensor, D};
+
+/// `exp(min(s, ln 100))`: the per-head multiplier's cap.
+const MAX_SCALE_MUL: f64 = 4.605_170_249_938_965;
+
+/// Keys/values of one block, `[B, H, T, 64]`; the keys are stored L2-normalised.
+#[derive(Debug, Clone, Default)]
+pub struct VarCache {
+    blocks: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl VarCache {
+    pub fn len(&self) -> usize {
+        self.blocks
+            .first()
+            .and_then(|b| b.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Block {
+    ada_lin: Linear,
+    mat_qkv: Tensor,
+    qkv_bias: Tensor,
+    scale_mul: Tensor,
+    proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+}
+
+pub struct Var {
+    pub word_embed: Linear,
+    class_emb: Tensor,
+    pos_start: Tensor,
+    lvl_pos: Tensor,
+    blocks: Vec<Block>,
+    head_nm_ada: Linear,
+    head: Linear,
+    ln: LayerNorm,
+    cfg: VarConfig,
+}
+
+impl Var {
+    pub fn load(vb: &Vb, cfg: &VarConfig) -> Result<Self> {
+        let c = cfg.width();
+        let mut blocks = Vec::with_capacity(cfg.depth);
+        for i in 0..cfg.depth {
+            let b = vb.pp("blocks").pp(i);
+            let a = b.pp("attn");
+            let q_bias = a.get("q_bias")?;
+            let v_bias = a.get("v_bias")?;
+            let qkv_bias = Tensor::cat(&[&q_bias, &q_bias.zeros_like()?, &v_bias], 0)?;
+            let scale_mul = a
+                .get_f32("scale_mul_1H11")?
+                .clamp(f64::NEG_INFINITY, MAX_SCALE_MUL)?
+                .exp()?
+                .to_dtype(vb.dtype())?;
+            blocks.push(Block {
+                ada_lin: Linear::load(&b.pp("ada_lin.1"), true)?,
+                mat_qkv: a.get("mat_qkv.weight")?,
+                qkv_bias,
+                scale_mul,
+                proj: Linear::load(&a.pp("proj"), true)?,
+                fc1: Linear::load(&b.pp("ffn.fc1"), true)?,
+                fc2: Linear::load(&b.pp("ffn.fc2"), true)?,
+                heads: cfg.heads(),
+            });
+        }
+        // lvl_pos[j] = lvl_embed[stage(j)] + pos_1LC[j]; lvl_1L is recomputed from patch_nums.
+        let lvl: Vec<u32> = cfg
+            .patch_nums
+            .iter()
+            .enumerate()
+            .flat_map(|(k, p)| std::iter::repeat_n(k as u32, p * p))
+            .collect();
+        let lvl = Tensor::new(lvl, vb.device())?;
+        let lvl_embed = vb.get("lvl_embed.weight")?;
+        let lvl_pos = (lvl_embed.index_select(&lvl, 0)? + vb.get("pos_1LC")?.i(0)?)?;
+        let _ = c;
+        Ok(Self {
+            word_embed: Linear::load(&vb.pp("word_embed"), true)?,
+            class_emb: vb.get("class_emb.weight")?,
+            pos_start: vb.get("pos_start")?,
+            lvl_pos,
+            blocks,
+            head_nm_ada: Linear::load(&vb.pp("head_nm.ada_lin.1"), true)?,
+            head: Linear::load(&vb.pp("head"), true)?,
+            ln: LayerNorm::plain(1e-6),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &VarConfig {
+        &self.cfg
+    }
+
+    pub fn new_cache(&self) -> VarCache {
+        VarCache {
+            blocks: vec![None; self.blocks.len()],
+        }
+    }
+
+    /// Row `idx` of `class_emb`, `[1, C]`.
+    pub fn class_embedding(&self, idx: usize) -> Result<Tensor> {
+        Ok(self.class_emb.narrow(0, idx, 1)?)
+    }
+
+    /// Stage-0 input `[1, PN₀², C]`: class + `pos_start` + level/position embedding.
+    pub fn first_tokens(&self, cls: &Tensor) -> Result<Tensor> {
+        let first_l = self.pos_start.dim(1)?;
+        let lp = self.lvl_pos.narrow(0, 0, first_l)?.unsqueeze(0)?;
+        Ok(cls.unsqueeze(1)?.broadcast_add(&self.pos_start)?.broadcast_add(&lp)?)
+    }
+
+    /// Input of stage `k` from the area-downsampled f̂ `[1, Cv, pn, pn]`: `[1, pn², C]`.
+    pub fn stage_tokens(&self, k: usize, nxt: &Tensor) -> Result<Tensor> {
+        let (b, cv, h, w) = nxt.dims4()?;
+        let x = nxt.reshape((b, cv, h * w))?.transpose(1, 2)?.to_dtype(self.class_emb.dtype())?;
+        let begin = self.cfg.stage_offsets()[k];
+        let lp = self.lvl_pos.narrow(0, begin, h * w)?.unsqueeze(0)?;
+        Ok(self.word_embed.forward(&x)?.broadcast_add(&lp)?)
+    }
+
+    /// Runs every block and the head on `x [B, l, C]` under condition `cond [1|B, C]`,
+    /// appending to the cache; returns logits `[B, l, V]` in f32.
+    pub fn forward(&self, x: &Tensor, cond: &Tensor, cache: &mut VarCache) -> Result<Tensor> {
+        let sc = silu(cond)?;
+        let mut x = x.clone();
+        for (blk, slot) in self.blocks.iter().zip(cache.blocks.iter_mut()) {
+            x = blk.forward(&x, &sc, &self.ln, slot)?;
+        }
+        let c = x.dim(D::Minus1)?;
+        let a = self.head_nm_ada.forward(&sc)?.unsqueeze(1)?; // [B, 1, 2C]
+        let scale = a.narrow(D::Minus1, 0, c)?;
+        let shift = a.narrow(D::Minus1, c, c)?;
+        let h = self
+            .ln
+            .forward(&x)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?;
+        Ok(self.head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        silu_cond: &Tensor,
+        ln: &LayerNorm,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let c = x.dim(D::Minus1)?;
+        // Chunk order: gamma1, gamma2, scale1, scale2, shift1, shift2.
+        let a = self.ada_lin.forward(silu_cond)?.unsqueeze(1)?; // [B, 1, 6C]
+        let chunk = |i: usize| a.narrow(D::Minus1, i * c, c);
+        let (g1, g2, s1, s2, b1, b2) = (chunk(0)?, chunk(1)?, chunk(2)?, chunk(3)?, chunk(4)?, chunk(5)?);
+        let y = ln.forward(x)?.broadcast_mul(&(s1 + 1.0)?)?.broadcast_add(&b1)?;
+        let x = (x + self.attention(&y, cache)?.broadcast_mul(&g1)?)?;
+        let y = ln.forward(&x)?.broadcast_mul(&(s2 + 1.0)?)?.broadcast_add(&b2)?;
+        let f = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&y)?)?)?;
+        Ok((x + f.broadcast_mul(&g2)?)?)
+    }
+
+    fn attention(&self, y: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+        let (b, l, c) = y.dims3()?;
+        let h = self.heads;
+        let d = c / h;
+        let qkv = Linear::new(self.mat_qkv.clone(), Some(self.qkv_bias.clone())).forward(y)?;
+        let qkv = qkv.reshape((b, l, 3, h, d))?.permute((2, 0, 3, 1, 4))?; // [3, B, H, l, d]
+        let q = l2_normalize(&qkv.i(0)?)?.broadcast_mul(&self.scale_mul)?;
+        let k = l2_normalize(&qkv.i(1)?)?;
+        let v = qkv.i(2)?.contiguous()?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let p = softmax_last(&q.contiguous()?.matmul(&k.transpose(2, 3)?.contiguous()?)?)?;
+        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, l, c))?;
+        self.proj.forward(&o)
+    }
+}
+
+/// `x / max(‖x‖₂, 1e-12)` over the last dimension (F.normalize).
+fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    Ok(x.broadcast_div(&n)?)
+}

@@ -1,0 +1,245 @@
+//! Memory-mapped checkpoint access, checked against the published layout.
+//!
+//! [`Weights::open`] maps `model.safetensors` or the shards listed in
+//! `model.safetensors.index.json`, then compares every stored tensor with the
+//! manifest of [`crate::manifest`]: unknown names, wrong shapes, unsupported
+//! dtypes and missing needed tensors are errors naming the tensor. Tensors are
+//! only materialised (and converted to the compute dtype) when a module asks.
+
+use crate::error::{ModelError, Result};
+use crate::manifest::TensorSpec;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+pub struct Weights {
+    st: MmapedSafetensors,
+    specs: HashMap<String, TensorSpec>,
+    dtype: DType,
+    device: Device,
+    /// Bytes of all stored tensors (for reporting and memory checks).
+    stored_bytes: usize,
+}
+
+/// Checkpoint files of a model directory: the shards of the index, or the single file.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: index.clone(),
+            message: e.to_string(),
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        let mut out = Vec::new();
+        for f in files {
+            if f.contains('/') || f.contains("..") {
+                return Err(ModelError::Config {
+                    path: index.clone(),
+                    message: format!("shard name {f:?} is not a plain file name"),
+                });
+            }
+            out.push(dir.join(f));
+        }
+        return Ok(out);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::Checkpoint(format!(
+        "no model.safetensors or model.safetensors.index.json in {}",
+        dir.display()
+    )))
+}
+
+fn is_float(d: safetensors::Dtype) -> bool {
+    matches!(
+        d,
+        safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+    )
+}
+
+impl Weights {
+    /// Maps the checkpoint of `dir` and validates it against `specs`.
+    pub fn open(dir: &Path, specs: Vec<TensorSpec>, dtype: DType, device: &Device) -> Result<Self> {
+        let files = checkpoint_files(dir)?;
+        for f in &files {
+            if !f.exists() {
+                return Err(ModelError::Checkpoint(format!("shard {} is missing", f.display())));
+            }
+        }
+        // SAFETY: the files are opened read-only; like every mmap-based loader we
+        // rely on nobody truncating the checkpoint while the process runs.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| ModelError::Checkpoint(e.to_string()))?;
+        let specs: HashMap<String, TensorSpec> =
+            specs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let mut stored_bytes = 0;
+        let mut present = BTreeSet::new();
+        for (name, view) in st.tensors() {
+            let spec = specs
+                .get(&name)
+                .ok_or_else(|| ModelError::UnknownTensor { name: name.clone() })?;
+            if view.shape() != spec.shape.as_slice() {
+                return Err(ModelError::ShapeMismatch {
+                    name,
+                    expected: spec.shape.clone(),
+                    found: view.shape().to_vec(),
+                });
+            }
+            let ok = if spec.integer {
+                matches!(view.dtype(), safetensors::Dtype::I64 | safetensors::Dtype::I32)
+            } else {
+                is_float(view.dtype())
+            };
+            if !ok {
+                return Err(ModelError::BadDtype {
+                    name,
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+            stored_bytes += view.data().len();
+            present.insert(name);
+        }
+        let mut missing: Vec<&String> = specs
+            .values()
+            .filter(|s| s.needed && !present.contains(&s.name))
+            .map(|s| &s.name)
+            .collect();
+        missing.sort();
+        if let Some(name) = missing.first() {
+            return Err(ModelError::MissingTensor {
+                name: (*name).clone(),
+            });
+        }
+        Ok(Self {
+            st,
+            specs,
+            dtype,
+            device: device.clone(),
+            stored_bytes,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
+
+    /// Loads `name` in the compute dtype on the compute device.
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.get_as(name, self.dtype)
+    }
+
+    /// Loads `name` converted to `dtype` (e.g. f32 for tensors kept in full precision).
+    pub fn get_as(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        if !self.specs.contains_key(name) {
+            return Err(ModelError::UnknownTensor { name: name.into() });
+        }
+        let t = self.st.load(name, &Device::Cpu).map_err(|e| match e {
+            candle_core::Error::CannotFindTensor { .. } => ModelError::MissingTensor { name: name.into() },
+            other => ModelError::Checkpoint(format!("{name}: {other}")),
+        })?;
+        Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
+    }
+
+    /// Loads rows/columns `[start, start+len)` of `name` along `dim` (tensor-parallel shards).
+    pub fn get_narrow(&self, name: &str, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        let view = self.st.get(name).map_err(|_| ModelError::MissingTensor { name: name.into() })?;
+        let shape = view.shape().to_vec();
+        if dim >= shape.len() || start + len > shape[dim] {
+            return Err(ModelError::Checkpoint(format!(
+                "{name}: slice {start}..{} of dim {dim} out of range {shape:?}",
+                start + len
+            )));
+        }
+        // Only the slice's bytes are touched, so each rank reads its own part of the mmap.
+        let t = if dim == 0 {
+            let row: usize = shape[1..].iter().product::<usize>() * (view.dtype().bitsize() / 8);
+            let bytes = &view.data()[start * row..(start + len) * row];
+            let mut s = shape.clone();
+            s[0] = len;
+            let dt = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                other => {
+                    return Err(ModelError::BadDtype {
+                        name: name.into(),
+                        dtype: format!("{other:?}"),
+                    })
+                }
+            };
+            Tensor::from_raw_buffer(bytes, dt, &s, &Device::Cpu)?
+        } else {
+            self.st.load(name, &Device::Cpu)?.narrow(dim, start, len)?.contiguous()?
+        };
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.st.get(name).is_ok()
+    }
+}
+
+/// A view of [`Weights`] under a name prefix, in the style of candle's `VarBuilder`.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> Vb<'a> {
+    pub fn root(weights: &'a Weights) -> Self {
+        Self {
+            weights,
+            prefix: String::new(),
+        }
+    }
+    pub fn pp(&self, s: impl std::fmt::Display) -> Self {
+        Self {
+            weights: self.weights,
+            prefix: self.name(&s.to_string()),
+        }
+    }
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+    pub fn get(&self, leaf: &str) -> Result<Tensor> {
+        self.weights.get(&self.name(leaf))
+    }
+    /// Loads in f32 whatever the compute dtype (small tensors that need full precision).
+    pub fn get_f32(&self, leaf: &str) -> Result<Tensor> {
+        self.weights.get_as(&self.name(leaf), DType::F32)
+    }
+    pub fn weights(&self) -> &'a Weights {
+        self.weights
+    }
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype()
+    }
+    pub fn device(&self) -> &Device {
+        self.weights.device()
+    }
+}
