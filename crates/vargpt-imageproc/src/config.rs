@@ -142,12 +142,15 @@ impl Default for PreprocessorConfig {
 impl PreprocessorConfig {
     /// Reads and validates a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ImageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageError::Io {
+        let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_json_str(&text)
-            .map_err(|e| ImageError::BadConfig(format!("{}: {e}", path.display())))
+        let cfg: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::BadConfig(format!("{}: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| ImageError::BadConfig(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
     }
 
     /// Parses and validates a JSON document.
@@ -186,7 +189,10 @@ impl PreprocessorConfig {
             ));
         }
         if self.do_rescale && !self.rescale_factor.is_finite() {
-            return bad(format!("rescale_factor must be finite, got {}", self.rescale_factor));
+            return bad(format!(
+                "rescale_factor must be finite, got {}",
+                self.rescale_factor
+            ));
         }
         if self.do_normalize {
             if self.image_mean.len() != 3 || self.image_std.len() != 3 {
@@ -197,7 +203,10 @@ impl PreprocessorConfig {
                 ));
             }
             if self.image_mean.iter().any(|m| !m.is_finite())
-                || self.image_std.iter().any(|&s| !s.is_finite() || s as f32 == 0.0)
+                || self
+                    .image_std
+                    .iter()
+                    .any(|&s| !s.is_finite() || s as f32 == 0.0)
             {
                 return bad(format!(
                     "image_mean must be finite and image_std finite and non-zero, got {:?} / {:?}",
@@ -244,9 +253,11 @@ impl PreprocessorConfig {
 /// since Python configs occasionally carry `224.0`).
 fn value_to_u32<E: de::Error>(v: &serde_json::Value, what: &str) -> Result<u32, E> {
     let n = match v {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)),
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
         _ => None,
     };
     n.and_then(|n| u32::try_from(n).ok())
@@ -325,7 +336,9 @@ fn de_per_channel<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error>
             Ok(out)
         }
         fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Vec<f64>, A::Error> {
-            Err(de::Error::custom("expected a number or a list of numbers, got a map"))
+            Err(de::Error::custom(
+                "expected a number or a list of numbers, got a map",
+            ))
         }
     }
     d.deserialize_any(PerChannel)

@@ -80,7 +80,9 @@ pub fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Image
     decoder_limits.max_alloc = Some(max_alloc);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits);
-    let decoder = reader.into_decoder().map_err(|e| from_image_error(e, max_alloc))?;
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| from_image_error(e, max_alloc))?;
 
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {

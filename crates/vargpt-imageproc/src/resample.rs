@@ -251,7 +251,11 @@ impl<const C: usize> View<'_, C> {
 ///
 /// Accumulation uses wrapping arithmetic like the C code; with normalised
 /// weights the sums stay far below `i32::MAX` (|sum| < 1.2 * 255 * 2^22).
-fn horizontal<const C: usize>(src: View<'_, C>, rows: Range<usize>, coeffs: &AxisCoeffs) -> Vec<u8> {
+fn horizontal<const C: usize>(
+    src: View<'_, C>,
+    rows: Range<usize>,
+    coeffs: &AxisCoeffs,
+) -> Vec<u8> {
     let out_w = coeffs.bounds.len();
     let mut out = vec![0u8; rows.len() * out_w * C];
     if out.is_empty() {
@@ -514,7 +518,10 @@ mod tests {
                 let (start, k) = c.taps(j);
                 assert!(start + k.len() <= i);
                 let s: i32 = k.iter().sum();
-                assert!((s - (1 << 22)).abs() <= k.len() as i32, "{i}->{o} [{j}]: {s}");
+                assert!(
+                    (s - (1 << 22)).abs() <= k.len() as i32,
+                    "{i}->{o} [{j}]: {s}"
+                );
             }
         }
     }
@@ -528,7 +535,10 @@ mod tests {
         assert_eq!(shortest_edge_output_size(0, 5, 336), (0, 0));
         // 336 * 1000 / 3 = 112000 exactly; 336 * 1001 / 3 = 112112 exactly.
         assert_eq!(shortest_edge_output_size(1001, 3, 336), (112_112, 336));
-        assert_eq!(shortest_edge_output_size(u32::MAX, 1, 336).0, 336 * u64::from(u32::MAX));
+        assert_eq!(
+            shortest_edge_output_size(u32::MAX, 1, 336).0,
+            336 * u64::from(u32::MAX)
+        );
     }
 
     #[test]
@@ -559,7 +569,10 @@ mod tests {
         assert_eq!(out.dimensions(), (3, 2));
         assert!(out.as_raw().iter().all(|&v| v == 0));
         let one = RgbImage::from_pixel(1, 1, image::Rgb([200, 100, 50]));
-        assert_eq!(pil_resize(&one, 0, 0, PilFilter::Bicubic).dimensions(), (0, 0));
+        assert_eq!(
+            pil_resize(&one, 0, 0, PilFilter::Bicubic).dimensions(),
+            (0, 0)
+        );
         let big = pil_resize(&one, 4, 3, PilFilter::Bicubic);
         assert!(big.pixels().all(|p| p.0 == [200, 100, 50]));
     }

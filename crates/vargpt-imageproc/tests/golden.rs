@@ -38,7 +38,10 @@ fn matches_golden_pixel_values() {
          {mismatched}/{} values not bit-identical",
         golden.len()
     );
-    assert!(max <= 0.03 && mean <= 0.005, "acceptance: max {max}, mean {mean}");
+    assert!(
+        max <= 0.03 && mean <= 0.005,
+        "acceptance: max {max}, mean {mean}"
+    );
     // One uint8 level is 1/255/std ~ 0.015; anything above 1e-6 means the resize is off.
     assert!(max <= 1e-6, "expected a bit-exact resize, max |d| = {max}");
 }

@@ -42,7 +42,11 @@ fn preprocess_matches_transformers() {
         let pv = preprocess(&img, &cfg).expect("preprocess");
         assert_eq!(pv.shape().to_vec(), shape, "{name}: shape");
         if cfg.do_center_crop {
-            assert_eq!(cfg.output_size(), (pv.height, pv.width), "{name}: output_size");
+            assert_eq!(
+                cfg.output_size(),
+                (pv.height, pv.width),
+                "{name}: output_size"
+            );
         }
         // The fixture keeps rows rows[0]..rows[1] of each channel.
         let (h, w) = (pv.height, pv.width);

@@ -19,8 +19,14 @@ fn pil_resize_is_bit_exact_with_pillow() {
     for case in cases {
         let kind = case["pattern"].as_str().unwrap();
         let seed = common::u(case, "seed") as u32;
-        let (in_w, in_h) = (common::u(case, "in_w") as u32, common::u(case, "in_h") as u32);
-        let (out_w, out_h) = (common::u(case, "out_w") as u32, common::u(case, "out_h") as u32);
+        let (in_w, in_h) = (
+            common::u(case, "in_w") as u32,
+            common::u(case, "in_h") as u32,
+        );
+        let (out_w, out_h) = (
+            common::u(case, "out_w") as u32,
+            common::u(case, "out_h") as u32,
+        );
         let filter = PilFilter::from_pil_code(common::u(case, "filter") as u32).unwrap();
         let off = common::u(case, "offset");
         let expected = &bin[off..off + common::u(case, "len")];
@@ -59,12 +65,23 @@ fn pil_resize_is_bit_exact_with_pillow() {
             expected.len()
         );
         if diff != 0 {
-            failures.push(format!("{in_w}x{in_h}->{out_w}x{out_h} {filter:?}: {diff} bytes differ"));
+            failures.push(format!(
+                "{in_w}x{in_h}->{out_w}x{out_h} {filter:?}: {diff} bytes differ"
+            ));
         }
 
         // Any window of the resize equals the same window of the full resize.
         let (l, t) = (out_w / 3, out_h / 4);
-        let win = pil_resize_region(&img, out_w, out_h, l, t, out_w / 2 + 1, out_h / 2 + 1, filter);
+        let win = pil_resize_region(
+            &img,
+            out_w,
+            out_h,
+            l,
+            t,
+            out_w / 2 + 1,
+            out_h / 2 + 1,
+            filter,
+        );
         for (x, y, px) in win.enumerate_pixels() {
             assert_eq!(px, got.get_pixel(x + l, y + t));
         }

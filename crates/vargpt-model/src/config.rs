@@ -97,7 +97,7 @@ impl TextConfig {
 }
 
 /// VAR / VQVAE hyper-parameters (`build_vae_vargpt_v1` defaults when absent).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default)]
 pub struct VarConfig {
     pub depth: usize,

@@ -51,7 +51,9 @@ pub fn pattern(kind: &str, w: u32, h: u32, seed: u32) -> RgbImage {
                     (u >> 24) as u8
                 }
                 "blocks" => (((x / 5 + y / 3 + c + seed) % 2) * 255) as u8,
-                "gradient" => ((x as u64 * 7 + y as u64 * 3 + c as u64 * 50 + seed as u64) % 256) as u8,
+                "gradient" => {
+                    ((x as u64 * 7 + y as u64 * 3 + c as u64 * 50 + seed as u64) % 256) as u8
+                }
                 other => panic!("unknown pattern {other}"),
             };
         }
