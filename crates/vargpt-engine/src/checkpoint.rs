@@ -19,7 +19,8 @@ use std::path::Path;
 use vargpt_model::{expected_tensors, TensorSpec, VarConfig, VargptConfig};
 
 const TEMPLATE_CONFIG: &str = include_str!("../../../tests/fixtures/reference-tiny/config.json");
-const TEMPLATE_TOKENIZER: &str = include_str!("../../../tests/fixtures/reference-tiny/tokenizer.json");
+const TEMPLATE_TOKENIZER: &str =
+    include_str!("../../../tests/fixtures/reference-tiny/tokenizer.json");
 const TEMPLATE_TOKENIZER_CONFIG: &str =
     include_str!("../../../tests/fixtures/reference-tiny/tokenizer_config.json");
 const TEMPLATE_SPECIAL_TOKENS: &str =
@@ -180,7 +181,10 @@ impl CheckpointSpec {
         v["projection_dim"] = json!(self.vision_hidden);
         let obj = c.as_object_mut().expect("object");
         if self.write_var_config {
-            obj.insert("var_config".into(), serde_json::to_value(&self.var).expect("var"));
+            obj.insert(
+                "var_config".into(),
+                serde_json::to_value(&self.var).expect("var"),
+            );
         } else {
             obj.remove("var_config");
         }
@@ -213,8 +217,10 @@ fn tokenizer_json(spec: &CheckpointSpec) -> Result<Value, EngineError> {
     let added = t["added_tokens"].as_array_mut().expect("added_tokens");
     added.retain(|a| !SPECIAL_TOKENS.contains(&a["content"].as_str().unwrap_or("")));
     for (i, s) in SPECIAL_TOKENS.iter().enumerate() {
-        added.push(json!({"id": spec.special_id(i), "content": s, "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+        added.push(
+            json!({"id": spec.special_id(i), "content": s, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}),
+        );
     }
     Ok(t)
 }
@@ -252,7 +258,13 @@ fn init_values(spec: &TensorSpec, cfg: &VargptConfig, rng: &mut StdRng) -> Vec<f
             .collect();
         let l = lvl.len();
         return (0..l * l)
-            .map(|i| if lvl[i / l] >= lvl[i % l] { 0.0 } else { f32::NEG_INFINITY })
+            .map(|i| {
+                if lvl[i / l] >= lvl[i % l] {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
             .collect();
     }
     if leaf == "zero_k_bias" || leaf == "ema_vocab_hit_SV" {
@@ -266,7 +278,9 @@ fn init_values(spec: &TensorSpec, cfg: &VargptConfig, rng: &mut StdRng) -> Vec<f
         ("weight", 1) if is_norm => normal(0.02, 1.0, rng),
         ("bias", _) => normal(0.02, 0.0, rng),
         ("weight", 2) if name.contains("ada_lin") => normal(0.02, 0.0, rng),
-        ("weight", 2) if name.contains("embed") || name.contains("class_emb") => normal(0.02, 0.0, rng),
+        ("weight", 2) if name.contains("embed") || name.contains("class_emb") => {
+            normal(0.02, 0.0, rng)
+        }
         ("weight", 2) => normal((spec.shape[1] as f32).powf(-0.5), 0.0, rng),
         ("weight", 4) => {
             let fan_in: usize = spec.shape[1..].iter().product();
@@ -280,13 +294,22 @@ fn encode(values: &[f32], dtype: &str) -> (safetensors::Dtype, Vec<u8>) {
     match dtype {
         "f16" => (
             safetensors::Dtype::F16,
-            values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
         ),
         "bf16" => (
             safetensors::Dtype::BF16,
-            values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
         ),
-        _ => (safetensors::Dtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        _ => (
+            safetensors::Dtype::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
     }
 }
 
@@ -298,14 +321,21 @@ fn write_json(path: &Path, v: &Value) -> Result<(), EngineError> {
 /// Writes the model directory `dir` (created if needed). Returns the number of parameters.
 pub fn make_checkpoint(dir: &Path, spec: &CheckpointSpec) -> Result<usize, EngineError> {
     if !matches!(spec.dtype.as_str(), "f32" | "f16" | "bf16") {
-        return Err(EngineError::InvalidRequest(format!("dtype {:?}: use f32, f16 or bf16", spec.dtype)));
+        return Err(EngineError::InvalidRequest(format!(
+            "dtype {:?}: use f32, f16 or bf16",
+            spec.dtype
+        )));
     }
     if spec.vocab_size < spec.base_vocab + SPECIAL_TOKENS.len() {
-        return Err(EngineError::InvalidRequest("vocab_size must be >= base_vocab + 5".into()));
+        return Err(EngineError::InvalidRequest(
+            "vocab_size must be >= base_vocab + 5".into(),
+        ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::Load(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| EngineError::Load(format!("{}: {e}", dir.display())))?;
     let config = spec.config_json();
-    let cfg = VargptConfig::from_json_str(&config.to_string()).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+    let cfg = VargptConfig::from_json_str(&config.to_string())
+        .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
     write_json(&dir.join("config.json"), &config)?;
     write_json(
         &dir.join("generation_config.json"),
@@ -317,7 +347,10 @@ pub fn make_checkpoint(dir: &Path, spec: &CheckpointSpec) -> Result<usize, Engin
     pre["crop_size"] = json!({"height": spec.image_size, "width": spec.image_size});
     write_json(&dir.join("preprocessor_config.json"), &pre)?;
     write_json(&dir.join("tokenizer.json"), &tokenizer_json(spec)?)?;
-    write_json(&dir.join("tokenizer_config.json"), &tokenizer_config_json(spec))?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &tokenizer_config_json(spec),
+    )?;
     std::fs::write(dir.join("special_tokens_map.json"), TEMPLATE_SPECIAL_TOKENS)
         .map_err(|e| EngineError::Load(e.to_string()))?;
 
@@ -349,7 +382,10 @@ pub fn make_checkpoint(dir: &Path, spec: &CheckpointSpec) -> Result<usize, Engin
             }
         }
         shard_size += bytes.len();
-        shards.last_mut().expect("shard").push((s.name.clone(), dtype, s.shape.clone(), bytes));
+        shards
+            .last_mut()
+            .expect("shard")
+            .push((s.name.clone(), dtype, s.shape.clone(), bytes));
     }
     let n = shards.len();
     let mut weight_map = BTreeMap::new();
@@ -371,7 +407,10 @@ pub fn make_checkpoint(dir: &Path, spec: &CheckpointSpec) -> Result<usize, Engin
                 )
             })
             .collect();
-        let meta = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+        let meta = Some(std::collections::HashMap::from([(
+            "format".to_string(),
+            "pt".to_string(),
+        )]));
         safetensors::serialize_to_file(views, meta, &dir.join(&file))
             .map_err(|e| EngineError::Load(format!("{file}: {e}")))?;
     }

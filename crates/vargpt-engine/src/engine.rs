@@ -1,15 +1,18 @@
 //! `Engine`: a loaded model plus the request → response logic.
 
 use crate::error::EngineError;
-use crate::generate::{self, ImageSampling, NoObserver, Observer};
-use crate::request::{FinishReason, GeneratedImage, Request, Response, SamplingParams, Task, Timings};
-use crate::sampling::{NoiseSource, RngNoise, TextSampler};
+use crate::generate::{ImageOutput, NoObserver, Observer};
+use crate::request::{
+    FinishReason, GeneratedImage, Request, Response, SamplingParams, Task, Timings,
+};
+use crate::sampling::{sample_image_code, NoiseSource, RngNoise};
+use crate::sequence::{ImageState, Phase, Sequence};
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::time::Instant;
 use vargpt_imageproc::ImageLimits;
-use vargpt_model::{expected_tensors, Message, ModelFiles, VargptModel, Weights};
+use vargpt_model::{expected_tensors, KvCache, Message, ModelFiles, VargptModel, Weights};
 
 /// Where the model comes from and how to hold it.
 #[derive(Debug, Clone)]
@@ -60,7 +63,9 @@ pub fn parse_dtype(s: &str) -> Result<DType, EngineError> {
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "float16" | "half" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(EngineError::InvalidRequest(format!("unknown dtype {other:?} (f32, f16, bf16)"))),
+        other => Err(EngineError::InvalidRequest(format!(
+            "unknown dtype {other:?} (f32, f16, bf16)"
+        ))),
     }
 }
 
@@ -92,7 +97,11 @@ pub struct Prepared {
 impl Engine {
     pub fn load(opts: &LoadOptions) -> Result<Self, EngineError> {
         let t0 = Instant::now();
-        let dir = crate::hub::resolve_model(&opts.model, opts.revision.as_deref(), &crate::hub::default_cache())?;
+        let dir = crate::hub::resolve_model(
+            &opts.model,
+            opts.revision.as_deref(),
+            &crate::hub::default_cache(),
+        )?;
         let files = ModelFiles::open(&dir).map_err(|e| EngineError::Load(e.to_string()))?;
         let device = select_device(opts.cuda_device)?;
         let dtype = match &opts.dtype {
@@ -102,7 +111,8 @@ impl Engine {
         };
         let weights = Weights::open(&dir, expected_tensors(&files.config), dtype, &device)
             .map_err(|e| EngineError::Load(e.to_string()))?;
-        let model = VargptModel::load(&weights, &files.config).map_err(|e| EngineError::Load(e.to_string()))?;
+        let model = VargptModel::load(&weights, &files.config)
+            .map_err(|e| EngineError::Load(e.to_string()))?;
         let weight_bytes = weights.stored_bytes();
         drop(weights);
         Ok(Self {
@@ -150,23 +160,34 @@ impl Engine {
             .id_to_token(cfg.image_token_index)
             .ok_or_else(|| EngineError::Load("tokenizer has no image token".into()))?;
         let expanded = prompt.replace(&image_tok, &image_tok.repeat(cfg.image_tokens_per_image()));
-        tok.encode(&expanded).map_err(|e| EngineError::InvalidRequest(e.to_string()))
+        tok.encode(&expanded)
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))
     }
 
     /// Decodes and preprocesses an encoded image into `pixel_values [1, 3, H, W]`.
     pub fn pixel_values(&self, bytes: &[u8]) -> Result<Tensor, EngineError> {
-        let pv = vargpt_imageproc::preprocess_bytes(bytes, &self.files.preprocessor, &self.limits.image)
-            .map_err(|e| EngineError::InvalidImage(e.to_string()))?;
-        Ok(Tensor::from_vec(pv.data, (1, 3, pv.height, pv.width), self.model.device())?)
+        let pv =
+            vargpt_imageproc::preprocess_bytes(bytes, &self.files.preprocessor, &self.limits.image)
+                .map_err(|e| EngineError::InvalidImage(e.to_string()))?;
+        Ok(Tensor::from_vec(
+            pv.data,
+            (1, 3, pv.height, pv.width),
+            self.model.device(),
+        )?)
     }
 
     pub fn prepare(&self, req: &Request) -> Result<Prepared, EngineError> {
         let needs_image = matches!(req.task, Task::Caption | Task::Vqa);
         if needs_image && req.image.is_none() {
-            return Err(EngineError::InvalidRequest(format!("{:?} needs an image", req.task)));
+            return Err(EngineError::InvalidRequest(format!(
+                "{:?} needs an image",
+                req.task
+            )));
         }
         if req.task == Task::GenerateImage && req.image.is_some() {
-            return Err(EngineError::InvalidRequest("generate_image takes no input image".into()));
+            return Err(EngineError::InvalidRequest(
+                "generate_image takes no input image".into(),
+            ));
         }
         let text = match req.task {
             Task::Caption if req.text.trim().is_empty() => "Describe the image.",
@@ -184,7 +205,10 @@ impl Engine {
         if req.task == Task::GenerateImage {
             prompt_ids.push(self.files.config.special_tokens.image_gen_start_token_id);
         }
-        let limit = self.limits.max_prompt_tokens.min(self.model.llm.max_positions());
+        let limit = self
+            .limits
+            .max_prompt_tokens
+            .min(self.model.llm.max_positions());
         if prompt_ids.len() > limit {
             return Err(EngineError::PromptTooLong {
                 tokens: prompt_ids.len(),
@@ -209,96 +233,361 @@ impl Engine {
         noise: &mut dyn NoiseSource,
         observer: &mut dyn Observer,
     ) -> Result<Response, EngineError> {
+        let mut seq = self.start(req, Box::new(noise), Box::new(observer))?;
+        while !seq.is_done() {
+            self.step(&mut [&mut seq])?;
+        }
+        self.finish(seq)
+    }
+
+    /// Runs several requests together, stepping them as one batch until all are done
+    /// (static batching; the worker's scheduler admits new ones between steps).
+    pub fn run_batch(&self, reqs: &[Request]) -> Vec<Result<Response, EngineError>> {
+        let mut out: Vec<Option<Result<Response, EngineError>>> =
+            (0..reqs.len()).map(|_| None).collect();
+        let mut seqs = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            match self.start(r, Box::new(RngNoise), Box::new(NoObserver)) {
+                Ok(s) => seqs.push((i, s)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        while seqs.iter().any(|(_, s)| !s.is_done()) {
+            let mut active: Vec<&mut Sequence> = seqs
+                .iter_mut()
+                .map(|(_, s)| s)
+                .filter(|s| !s.is_done())
+                .collect();
+            if let Err(e) = self.step(&mut active) {
+                let msg = e.to_string();
+                for (i, _) in seqs.drain(..) {
+                    out[i] = Some(Err(EngineError::Inference(msg.clone())));
+                }
+                break;
+            }
+        }
+        for (i, s) in seqs {
+            out[i] = Some(self.finish(s));
+        }
+        out.into_iter()
+            .map(|r| r.expect("every request answered"))
+            .collect()
+    }
+
+    /// Validates and prepares a request: preprocessing, vision tower, prompt embeddings.
+    pub fn start<'a>(
+        &self,
+        req: &Request,
+        noise: Box<dyn NoiseSource + 'a>,
+        observer: Box<dyn Observer + 'a>,
+    ) -> Result<Sequence<'a>, EngineError> {
         validate_params(&req.params, &self.limits)?;
-        let t_start = Instant::now();
+        let started = Instant::now();
         let prep = self.prepare(req)?;
-        let mut timings = Timings::default();
         let m = &self.model;
         let features = match &prep.pixel_values {
             Some(pv) => Some(m.image_features(pv)?),
             None => None,
         };
-        timings.preprocess_s = t_start.elapsed().as_secs_f64();
-        let p = &req.params;
-        let mut rng = StdRng::seed_from_u64(p.seed.unwrap_or_else(rand::random));
-        let t_prefill = Instant::now();
         let embeds = m
             .embed_prompt(&prep.prompt_ids, features.as_ref())
-            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-        let mut cache = m.llm.new_cache();
-        let mut logits = generate::prefill(m, &embeds, &mut cache)?;
-        timings.prefill_s = t_prefill.elapsed().as_secs_f64();
-
-        let g = m.config.special_tokens.image_gen_start_token_id;
-        let img_sampling = ImageSampling {
-            cfg_scale: p.cfg_scale,
-            top_k: p.image_top_k,
-            top_p: p.image_top_p,
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?
+            .squeeze(0)?;
+        let (sampler, image_sampling) = Sequence::new_parts(req);
+        let p = &req.params;
+        let timings = Timings {
+            preprocess_s: started.elapsed().as_secs_f64(),
+            ..Default::default()
         };
-        let image_room = |cache_len: usize| cache_len + 1 + m.var.config().total_tokens() <= m.llm.max_positions();
-        let mut ids = Vec::new();
-        let mut image = None;
-        let finish;
-        if req.task == Task::GenerateImage {
-            if !image_room(cache.len()) {
-                return Err(EngineError::PromptTooLong {
-                    tokens: prep.prompt_ids.len(),
-                    limit: m.llm.max_positions() - m.var.config().total_tokens(),
-                });
+        Ok(Sequence {
+            task: req.task,
+            max_new_tokens: p.max_new_tokens,
+            allow_image: p.allow_image,
+            sampler,
+            image_sampling,
+            rng: StdRng::seed_from_u64(p.seed.unwrap_or_else(rand::random)),
+            noise,
+            observer,
+            prompt: prep.prompt,
+            seen: prep.prompt_ids.clone(),
+            prompt_ids: prep.prompt_ids,
+            ids: Vec::new(),
+            cache: m.llm.new_cache(),
+            phase: Phase::Prefill(embeds),
+            image: None,
+            finish: None,
+            timings,
+            started,
+        })
+    }
+
+    /// Advances every sequence by one step: one LLM forward over all their new tokens
+    /// (prompts, single decode tokens, image stages), then one VAR forward over all
+    /// image stages. Sequences finish independently.
+    pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<(), EngineError> {
+        let m = &self.model;
+        let t0 = Instant::now();
+        let mut inputs = Vec::new();
+        for s in seqs.iter() {
+            match &s.phase {
+                Phase::Prefill(e) => inputs.push(e.clone()),
+                Phase::Decode(t) | Phase::FeedGenStart(t) => inputs.push(
+                    m.llm
+                        .embed(&Tensor::new(&[[*t]], m.device())?)?
+                        .squeeze(0)?,
+                ),
+                Phase::Image(st) => inputs.push(st.e.clone()),
+                Phase::Done => {}
             }
-            let t_img = Instant::now();
-            image = Some(generate::generate_image(m, &mut cache, img_sampling, noise, &mut rng, observer)?);
-            timings.image_s = t_img.elapsed().as_secs_f64();
-            finish = FinishReason::Image;
-        } else {
-            let sampler = TextSampler {
-                greedy: p.greedy,
-                temperature: p.temperature,
-                top_k: p.top_k,
-                top_p: p.top_p,
-                repetition_penalty: p.repetition_penalty,
-            };
-            let eos = self.files.eos_ids();
-            let t_dec = Instant::now();
-            let mut seen = prep.prompt_ids.clone();
-            loop {
-                if !p.allow_image || !image_room(cache.len()) {
-                    logits[g as usize] = f32::NEG_INFINITY;
-                }
-                let tok = sampler.choose(&mut logits, &seen, &mut rng);
-                ids.push(tok);
-                seen.push(tok);
-                observer.on_token(tok);
-                if tok == g {
-                    // Reference §3.2: feed g as text, pick X, generate, append X twice.
-                    let mut next = generate::step(m, g, &mut cache)?;
-                    let x = sampler.choose(&mut next, &seen, &mut rng);
-                    ids.push(x);
-                    let t_img = Instant::now();
-                    image = Some(generate::generate_image(m, &mut cache, img_sampling, noise, &mut rng, observer)?);
-                    timings.image_s = t_img.elapsed().as_secs_f64();
-                    ids.push(x);
-                    finish = FinishReason::Image;
-                    break;
-                }
-                if eos.contains(&tok) {
-                    finish = FinishReason::Eos;
-                    break;
-                }
-                if ids.len() >= p.max_new_tokens || cache.len() >= m.llm.max_positions() {
-                    finish = FinishReason::Length;
-                    break;
-                }
-                logits = generate::step(m, tok, &mut cache)?;
-            }
-            timings.decode_s = t_dec.elapsed().as_secs_f64() - timings.image_s;
         }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let x = if inputs.len() == 1 {
+            inputs.pop().expect("one")
+        } else {
+            Tensor::cat(&inputs, 0)?
+        };
+        let rows: Vec<usize> = seqs.iter().map(|s| s.next_rows()).collect();
+        let was_prefill: Vec<bool> = seqs
+            .iter()
+            .map(|s| matches!(s.phase, Phase::Prefill(_)))
+            .collect();
+        let was_image: Vec<bool> = seqs
+            .iter()
+            .map(|s| matches!(s.phase, Phase::Image(_)))
+            .collect();
+        let hidden = {
+            let mut segments: Vec<(&mut KvCache, usize)> = seqs
+                .iter_mut()
+                .zip(&rows)
+                .filter(|(_, r)| **r > 0)
+                .map(|(s, r)| (&mut s.cache, *r))
+                .collect();
+            m.llm.forward_ragged(&x, &mut segments)?
+        };
+        // Row offsets of each sequence in `hidden`.
+        let mut offsets = Vec::with_capacity(rows.len());
+        let mut acc = 0;
+        for r in &rows {
+            offsets.push(acc);
+            acc += r;
+        }
+        // Text sequences: logits of their last row, in one lm_head call.
+        let text: Vec<usize> = (0..seqs.len())
+            .filter(|&i| {
+                matches!(
+                    seqs[i].phase,
+                    Phase::Prefill(_) | Phase::Decode(_) | Phase::FeedGenStart(_)
+                )
+            })
+            .filter(|&i| {
+                !(seqs[i].task == Task::GenerateImage && matches!(seqs[i].phase, Phase::Prefill(_)))
+            })
+            .collect();
+        if !text.is_empty() {
+            let last: Vec<u32> = text
+                .iter()
+                .map(|&i| (offsets[i] + rows[i] - 1) as u32)
+                .collect();
+            let sel = hidden.index_select(&Tensor::new(last.as_slice(), m.device())?, 0)?;
+            let logits: Vec<Vec<f32>> = m.llm.logits(&sel)?.to_vec2()?;
+            for (&i, l) in text.iter().zip(logits) {
+                self.after_text_step(seqs[i], l)?;
+            }
+        }
+        for (s, was) in seqs.iter_mut().zip(&was_prefill) {
+            if *was && s.task == Task::GenerateImage {
+                self.begin_image(s, None)?;
+            }
+        }
+        self.image_step(seqs, &rows, &offsets, &hidden, &was_image)?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        for (s, was) in seqs.iter_mut().zip(&was_prefill) {
+            if *was {
+                s.timings.prefill_s = elapsed;
+            }
+        }
+        Ok(())
+    }
+
+    fn image_room(&self, s: &Sequence) -> bool {
+        s.cache.len() + 2 + self.model.var.config().total_tokens() <= self.model.llm.max_positions()
+    }
+
+    /// Chooses the next text token of `s` from its logits and moves its state machine.
+    fn after_text_step(&self, s: &mut Sequence, mut logits: Vec<f32>) -> Result<(), EngineError> {
+        let m = &self.model;
+        let g = m.config.special_tokens.image_gen_start_token_id;
+        if let Phase::FeedGenStart(_) = s.phase {
+            // Reference §3.2: X follows g and is appended twice around the image.
+            let x = s.sampler.choose(&mut logits, &s.seen, &mut s.rng);
+            s.ids.push(x);
+            s.seen.push(x);
+            return self.begin_image(s, Some(x));
+        }
+        if !s.allow_image || !self.image_room(s) {
+            logits[g as usize] = f32::NEG_INFINITY;
+        }
+        let tok = s.sampler.choose(&mut logits, &s.seen, &mut s.rng);
+        s.ids.push(tok);
+        s.seen.push(tok);
+        s.observer.on_token(tok);
+        let eos = self.files.eos_ids();
+        s.phase = if tok == g {
+            Phase::FeedGenStart(g)
+        } else if eos.contains(&tok) {
+            s.finish = Some(FinishReason::Eos);
+            Phase::Done
+        } else if s.ids.len() >= s.max_new_tokens || s.cache.len() + 1 >= m.llm.max_positions() {
+            s.finish = Some(FinishReason::Length);
+            Phase::Done
+        } else {
+            Phase::Decode(tok)
+        };
+        Ok(())
+    }
+
+    fn begin_image(&self, s: &mut Sequence, x_token: Option<u32>) -> Result<(), EngineError> {
+        let m = &self.model;
+        let cls = m.var.class_embedding(m.config.gen_class_index())?;
+        let e = m.gen_in.forward(&m.var.first_tokens(&cls)?)?.squeeze(0)?;
+        s.phase = Phase::Image(Box::new(ImageState {
+            k: 0,
+            e,
+            fhat: m.vqvae.zero_fhat()?,
+            codes: Vec::with_capacity(m.var.config().total_tokens()),
+            cond_cache: m.var.new_cache(),
+            uncond_cache: (s.image_sampling.cfg_scale != 0.0).then(|| m.var.new_cache()),
+            x_token,
+            started: Instant::now(),
+        }));
+        Ok(())
+    }
+
+    /// The VAR half of a step for every sequence in an image stage (reference §4.2).
+    fn image_step(
+        &self,
+        seqs: &mut [&mut Sequence],
+        rows: &[usize],
+        offsets: &[usize],
+        hidden: &Tensor,
+        was_image: &[bool],
+    ) -> Result<(), EngineError> {
+        let m = &self.model;
+        let dt = m.dtype();
+        // Only sequences whose stage tokens went through the LLM in this step.
+        let img: Vec<usize> = (0..seqs.len()).filter(|&i| was_image[i]).collect();
+        if img.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::new();
+        for &i in &img {
+            let s = &mut *seqs[i];
+            let h = hidden.narrow(0, offsets[i], rows[i])?;
+            let hd = h.dim(1)?;
+            let Phase::Image(st) = &s.phase else {
+                unreachable!()
+            };
+            let k = st.k;
+            // Drawn at every stage (also when unused) so a seed gives the same stream.
+            let n = s.noise.normal(k, rows[i] * hd, &mut s.rng);
+            parts.push(h);
+            if s.image_sampling.cfg_scale != 0.0 {
+                parts.push(Tensor::from_vec(n, (rows[i], hd), m.device())?.to_dtype(dt)?);
+            }
+        }
+        let x = m.gen_out.forward(&Tensor::cat(&parts, 0)?)?;
+        let cls = m.var.class_embedding(m.config.gen_class_index())?;
+        let logits = {
+            let mut segments: Vec<(&mut vargpt_model::VarCache, usize)> = Vec::new();
+            for (i, s) in seqs.iter_mut().enumerate() {
+                if !img.contains(&i) {
+                    continue;
+                }
+                let Phase::Image(st) = &mut s.phase else {
+                    unreachable!()
+                };
+                let st = &mut **st;
+                segments.push((&mut st.cond_cache, rows[i]));
+                if let Some(u) = st.uncond_cache.as_mut() {
+                    segments.push((u, rows[i]));
+                }
+            }
+            m.var.forward_ragged(&x, &cls, &mut segments)?
+        };
+        let stages = m.var.config().stages();
+        let mut row = 0;
+        for &i in &img {
+            let s = &mut *seqs[i];
+            let l = rows[i];
+            let Phase::Image(st) = &mut s.phase else {
+                unreachable!()
+            };
+            let k = st.k;
+            let ratio = if stages > 1 {
+                k as f64 / (stages - 1) as f64
+            } else {
+                0.0
+            };
+            let t = s.image_sampling.cfg_scale * ratio;
+            let cond = logits.narrow(0, row, l)?;
+            row += l;
+            let mixed = if st.uncond_cache.is_some() {
+                let uncond = logits.narrow(0, row, l)?;
+                row += l;
+                ((cond * (1.0 + t))? - (uncond * t)?)?
+            } else {
+                cond
+            };
+            let mut codes = Vec::with_capacity(l);
+            for mut r in mixed.to_vec2::<f32>()? {
+                codes.push(sample_image_code(
+                    &mut r,
+                    s.image_sampling.top_k,
+                    s.image_sampling.top_p,
+                    &mut s.rng,
+                ));
+            }
+            s.observer.on_stage(k, stages, &mixed, &codes);
+            let vq = &m.vqvae;
+            let ids = Tensor::new(codes.as_slice(), m.device())?;
+            st.fhat = vq.add_stage(k, &st.fhat, &vq.embed_codes(k, &ids)?)?;
+            st.codes.extend_from_slice(&codes);
+            if k + 1 < stages {
+                let nxt = vq.downsample(k + 1, &st.fhat)?;
+                st.e = m
+                    .gen_in
+                    .forward(&m.var.stage_tokens(k + 1, &nxt)?)?
+                    .squeeze(0)?;
+                st.k += 1;
+            } else {
+                let image = vq.decode(&st.fhat)?;
+                s.observer.on_image(&st.fhat, &image);
+                if let Some(x) = st.x_token {
+                    s.ids.push(x);
+                }
+                s.timings.image_s = st.started.elapsed().as_secs_f64();
+                s.image = Some(ImageOutput {
+                    codes: std::mem::take(&mut st.codes),
+                    fhat: st.fhat.clone(),
+                    image,
+                });
+                s.finish = Some(FinishReason::Image);
+                s.phase = Phase::Done;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a finished sequence into the response.
+    pub fn finish(&self, s: Sequence) -> Result<Response, EngineError> {
         let text = self
             .files
             .tokenizer
-            .decode(&ids, true)
+            .decode(&s.ids, true)
             .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let image = match image {
+        let image = match s.image {
             Some(out) => {
                 let (width, height, rgb) = vargpt_model::vqvae::to_rgb8(&out.image)?;
                 Some(GeneratedImage {
@@ -310,15 +599,19 @@ impl Engine {
             }
             None => None,
         };
-        timings.total_s = t_start.elapsed().as_secs_f64();
+        let mut timings = s.timings;
+        timings.total_s = s.started.elapsed().as_secs_f64();
+        timings.decode_s =
+            (timings.total_s - timings.preprocess_s - timings.prefill_s - timings.image_s).max(0.0);
         Ok(Response {
-            prompt: prep.prompt,
-            prompt_ids: prep.prompt_ids,
-            ids,
+            prompt: s.prompt,
+            prompt_ids: s.prompt_ids,
+            ids: s.ids,
             text,
             image,
-            finish_reason: finish,
+            finish_reason: s.finish.unwrap_or(FinishReason::Length),
             timings,
+            positions: s.cache.len(),
         })
     }
 }
@@ -327,7 +620,10 @@ impl Engine {
 pub fn validate_params(p: &SamplingParams, limits: &EngineLimits) -> Result<(), EngineError> {
     let bad = |m: String| Err(EngineError::InvalidRequest(m));
     if p.max_new_tokens == 0 || p.max_new_tokens > limits.max_new_tokens {
-        return bad(format!("max_new_tokens must be in 1..={}", limits.max_new_tokens));
+        return bad(format!(
+            "max_new_tokens must be in 1..={}",
+            limits.max_new_tokens
+        ));
     }
     if !p.greedy && !(p.temperature.is_finite() && p.temperature > 0.0 && p.temperature <= 100.0) {
         return bad("temperature must be in (0, 100]".into());
@@ -335,7 +631,10 @@ pub fn validate_params(p: &SamplingParams, limits: &EngineLimits) -> Result<(), 
     if !(p.top_p > 0.0 && p.top_p <= 1.0) || !(p.image_top_p > 0.0 && p.image_top_p <= 1.0) {
         return bad("top_p and image_top_p must be in (0, 1]".into());
     }
-    if !(p.repetition_penalty.is_finite() && p.repetition_penalty > 0.0 && p.repetition_penalty <= 10.0) {
+    if !(p.repetition_penalty.is_finite()
+        && p.repetition_penalty > 0.0
+        && p.repetition_penalty <= 10.0)
+    {
         return bad("repetition_penalty must be in (0, 10]".into());
     }
     if !(p.cfg_scale.is_finite() && (0.0..=50.0).contains(&p.cfg_scale)) {

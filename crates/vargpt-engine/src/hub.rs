@@ -35,7 +35,11 @@ fn looks_like_hub_id(s: &str) -> bool {
 }
 
 /// Resolves a directory or hub id to a directory containing the model files.
-pub fn resolve_model(model: &str, revision: Option<&str>, cache: &Cache) -> Result<PathBuf, EngineError> {
+pub fn resolve_model(
+    model: &str,
+    revision: Option<&str>,
+    cache: &Cache,
+) -> Result<PathBuf, EngineError> {
     let p = Path::new(model);
     if p.is_dir() {
         return Ok(p.to_path_buf());
@@ -87,7 +91,10 @@ fn download(cache: &Cache, repo: Repo, model: &str) -> Result<PathBuf, EngineErr
         .build()
         .map_err(|e| EngineError::Load(format!("hub client: {e}")))?;
     let r = api.repo(repo);
-    let fetch = |f: &str| r.get(f).map_err(|e| EngineError::Load(format!("{model}: downloading {f}: {e}")));
+    let fetch = |f: &str| {
+        r.get(f)
+            .map_err(|e| EngineError::Load(format!("{model}: downloading {f}: {e}")))
+    };
     let config = fetch("config.json")?;
     for f in MODEL_FILES {
         if f != "config.json" {
@@ -97,8 +104,14 @@ fn download(cache: &Cache, repo: Repo, model: &str) -> Result<PathBuf, EngineErr
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
     match r.get("model.safetensors.index.json") {
         Ok(_) => {
-            for shard in vargpt_model::weights::checkpoint_files(&dir).map_err(|e| EngineError::Load(e.to_string()))? {
-                let name = shard.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            for shard in vargpt_model::weights::checkpoint_files(&dir)
+                .map_err(|e| EngineError::Load(e.to_string()))?
+            {
+                let name = shard
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
                 fetch(&name)?;
             }
         }

@@ -8,9 +8,15 @@ pub mod generate;
 pub mod hub;
 pub mod request;
 pub mod sampling;
+pub mod scheduler;
+pub mod sequence;
 
-pub use engine::{parse_dtype, select_device, validate_params, Engine, EngineLimits, LoadOptions, Prepared};
+pub use engine::{
+    parse_dtype, select_device, validate_params, Engine, EngineLimits, LoadOptions, Prepared,
+};
 pub use error::EngineError;
 pub use generate::{ImageOutput, ImageSampling, NoObserver, Observer};
 pub use request::{FinishReason, GeneratedImage, Request, Response, SamplingParams, Task, Timings};
 pub use sampling::{NoiseSource, RecordedNoise, RngNoise};
+pub use scheduler::{BatchConfig, Reply, Scheduler};
+pub use sequence::Sequence;

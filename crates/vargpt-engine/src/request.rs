@@ -122,4 +122,6 @@ pub struct Response {
     pub image: Option<GeneratedImage>,
     pub finish_reason: FinishReason,
     pub timings: Timings,
+    /// LLM positions used (prompt + generated tokens + image stage tokens).
+    pub positions: usize,
 }

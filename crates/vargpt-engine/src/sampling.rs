@@ -150,7 +150,11 @@ pub struct RecordedNoise(pub Vec<Vec<f32>>);
 impl NoiseSource for RecordedNoise {
     fn normal(&mut self, stage: usize, len: usize, _rng: &mut StdRng) -> Vec<f32> {
         let v = self.0.get(stage).cloned().unwrap_or_default();
-        assert_eq!(v.len(), len, "recorded noise for stage {stage} has the wrong size");
+        assert_eq!(
+            v.len(),
+            len,
+            "recorded noise for stage {stage} has the wrong size"
+        );
         v
     }
 }
@@ -206,11 +210,15 @@ mod tests {
         assert!((frac - 0.75).abs() < 0.03, "{frac}");
         let a: Vec<usize> = {
             let mut r = StdRng::seed_from_u64(1);
-            (0..20).map(|_| sample_categorical(&logits, &mut r)).collect()
+            (0..20)
+                .map(|_| sample_categorical(&logits, &mut r))
+                .collect()
         };
         let b: Vec<usize> = {
             let mut r = StdRng::seed_from_u64(1);
-            (0..20).map(|_| sample_categorical(&logits, &mut r)).collect()
+            (0..20)
+                .map(|_| sample_categorical(&logits, &mut r))
+                .collect()
         };
         assert_eq!(a, b);
     }

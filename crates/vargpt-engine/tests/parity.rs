@@ -3,14 +3,16 @@
 //! tensors and ids written by the reference code).
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use vargpt_engine::generate::{self, ImageSampling, Observer};
+use vargpt_engine::generate::{self, Observer};
 use vargpt_engine::{Engine, LoadOptions, RecordedNoise, Request, SamplingParams, Task};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference-tiny"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/reference-tiny"
+    ))
 }
 
 struct Golden {
@@ -21,15 +23,26 @@ struct Golden {
 impl Golden {
     fn load() -> Self {
         let dir = fixture();
-        let tensors = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+        let tensors =
+            candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
+            .unwrap();
         Self { tensors, json }
     }
     fn t(&self, name: &str) -> Tensor {
-        self.tensors.get(name).unwrap_or_else(|| panic!("golden {name}")).clone()
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("golden {name}"))
+            .clone()
     }
     fn f32s(&self, name: &str) -> Vec<f32> {
-        self.t(name).to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        self.t(name)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
     fn codes(&self, name: &str) -> Vec<u32> {
         let v: Vec<i64> = self.t(name).flatten_all().unwrap().to_vec1().unwrap();
@@ -54,7 +67,10 @@ fn engine() -> Engine {
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn mean_abs(a: &[f32], b: &[f32]) -> f32 {
@@ -65,12 +81,24 @@ fn mean_abs(a: &[f32], b: &[f32]) -> f32 {
 fn assert_logits_close(name: &str, ours: &[f32], reference: &[f32]) {
     let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
     let err = max_abs(ours, reference);
-    println!("{name}: max|Δ| = {err:.3e} (tolerance {:.3e})", 1e-3 * scale);
-    assert!(err <= 1e-3 * scale, "{name}: max|Δ| {err} > {}", 1e-3 * scale);
+    println!(
+        "{name}: max|Δ| = {err:.3e} (tolerance {:.3e})",
+        1e-3 * scale
+    );
+    assert!(
+        err <= 1e-3 * scale,
+        "{name}: max|Δ| {err} > {}",
+        1e-3 * scale
+    );
 }
 
 fn tensor_vec(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -102,9 +130,15 @@ fn prompts_and_token_ids_match() {
     for case in ["caption", "vqa", "text"] {
         let c = g.case(case);
         let with_image = !c["image"].is_null();
-        let prompt = e.render_prompt(c["user_text"].as_str().unwrap(), with_image).unwrap();
+        let prompt = e
+            .render_prompt(c["user_text"].as_str().unwrap(), with_image)
+            .unwrap();
         assert_eq!(prompt, c["prompt"].as_str().unwrap(), "{case} prompt");
-        assert_eq!(e.tokenize_prompt(&prompt).unwrap(), g.ids(case, "input_ids"), "{case} ids");
+        assert_eq!(
+            e.tokenize_prompt(&prompt).unwrap(),
+            g.ids(case, "input_ids"),
+            "{case} ids"
+        );
     }
     let req = Request {
         task: Task::GenerateImage,
@@ -161,48 +195,62 @@ fn prefill_logits_and_greedy_tokens_match() {
         let r = e.run(&req).unwrap();
         assert_eq!(r.prompt_ids, ids, "{case} prompt ids");
         assert_eq!(r.ids, g.ids(case, "greedy_new_ids"), "{case} greedy ids");
-        assert_eq!(r.text, c["greedy_text"].as_str().unwrap(), "{case} greedy text");
+        assert_eq!(
+            r.text,
+            c["greedy_text"].as_str().unwrap(),
+            "{case} greedy text"
+        );
     }
 }
 
 #[derive(Default)]
 struct StageLog {
     logits: Vec<Vec<f32>>,
+    fhat: Vec<f32>,
+    image: Vec<f32>,
 }
 
 impl Observer for StageLog {
     fn on_stage(&mut self, _k: usize, _n: usize, logits: &Tensor, _codes: &[u32]) {
         self.logits.push(tensor_vec(logits));
     }
+    fn on_image(&mut self, fhat: &Tensor, image: &Tensor) {
+        self.fhat = tensor_vec(fhat);
+        self.image = tensor_vec(image);
+    }
 }
 
-fn run_generation(e: &Engine, g: &Golden, cfg: f64, noise: Vec<Vec<f32>>) -> (vargpt_engine::ImageOutput, StageLog, usize) {
-    let m = e.model();
-    let ids = g.ids("generate", "input_ids");
-    let emb = m.embed_prompt(&ids, None).unwrap();
-    let mut cache = m.llm.new_cache();
-    generate::prefill(m, &emb, &mut cache).unwrap();
-    let mut log = StageLog::default();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let out = generate::generate_image(
-        m,
-        &mut cache,
-        ImageSampling {
+/// Text-to-image through the engine (argmax codes, the given CFG scale and noise).
+fn run_generation(
+    e: &Engine,
+    g: &Golden,
+    cfg: f64,
+    noise: Vec<Vec<f32>>,
+) -> (vargpt_engine::Response, StageLog) {
+    let req = Request {
+        task: Task::GenerateImage,
+        text: "Please design a drawing of a butterfly on a flower.".into(),
+        image: None,
+        params: SamplingParams {
             cfg_scale: cfg,
-            top_k: 1,
-            top_p: 0.96,
+            image_top_k: 1,
+            seed: Some(0),
+            ..Default::default()
         },
-        &mut RecordedNoise(noise),
-        &mut rng,
-        &mut log,
-    )
-    .unwrap();
-    (out, log, cache.len())
+    };
+    let mut log = StageLog::default();
+    let r = e
+        .run_with(&req, &mut RecordedNoise(noise), &mut log)
+        .unwrap();
+    assert_eq!(r.prompt_ids, g.ids("generate", "input_ids"));
+    (r, log)
 }
 
 fn recorded_noise(g: &Golden) -> Vec<Vec<f32>> {
     let stages = g.case("generate")["stages"].as_u64().unwrap() as usize;
-    (0..stages).map(|k| g.f32s(&format!("gen_stage{k}_noise"))).collect()
+    (0..stages)
+        .map(|k| g.f32s(&format!("gen_stage{k}_noise")))
+        .collect()
 }
 
 #[test]
@@ -210,33 +258,58 @@ fn text_to_image_cfg0_is_exact() {
     let e = engine();
     let g = Golden::load();
     let noise = recorded_noise(&g);
-    let (out, _, cache_len) = run_generation(&e, &g, 0.0, noise);
-    assert_eq!(cache_len as u64, g.case("generate")["llm_cache_len_after"].as_u64().unwrap());
-    assert_eq!(out.codes, g.codes("gen_cfg0_codes"), "cfg0 codes");
-    let err = max_abs(&tensor_vec(&out.image), &g.f32s("gen_cfg0_image"));
+    let (r, log) = run_generation(&e, &g, 0.0, noise);
+    assert_eq!(
+        r.positions as u64,
+        g.case("generate")["llm_cache_len_after"].as_u64().unwrap()
+    );
+    let img = r.image.expect("image");
+    assert_eq!(img.codes, g.codes("gen_cfg0_codes"), "cfg0 codes");
+    let err = max_abs(&log.image, &g.f32s("gen_cfg0_image"));
     println!("cfg0 image: max|Δ| = {err:.3e}");
     assert!(err <= 1e-3);
-    let (w, h, rgb) = vargpt_model::vqvae::to_rgb8(&out.image).unwrap();
-    let png = image::open(fixture().join("reference_image_cfg0.png")).unwrap().to_rgb8();
-    assert_eq!((w, h), png.dimensions());
-    assert_eq!(rgb, png.into_raw(), "PNG pixels identical to the reference's");
+    let png = image::open(fixture().join("reference_image_cfg0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!((img.width, img.height), png.dimensions());
+    assert_eq!(
+        img.rgb,
+        png.clone().into_raw(),
+        "pixels identical to the reference's PNG"
+    );
+    let ours = image::load_from_memory(&img.to_png().unwrap())
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(
+        ours.into_raw(),
+        png.into_raw(),
+        "our PNG decodes to the reference's pixels"
+    );
 }
 
 #[test]
 fn text_to_image_cfg15_with_recorded_noise_matches() {
     let e = engine();
     let g = Golden::load();
-    let (out, log, _) = run_generation(&e, &g, 1.5, recorded_noise(&g));
+    let (r, log) = run_generation(&e, &g, 1.5, recorded_noise(&g));
+    assert_eq!(log.logits.len(), 4);
     for (k, logits) in log.logits.iter().enumerate() {
-        assert_logits_close(&format!("gen_stage{k}_logits"), logits, &g.f32s(&format!("gen_stage{k}_logits")));
+        assert_logits_close(
+            &format!("gen_stage{k}_logits"),
+            logits,
+            &g.f32s(&format!("gen_stage{k}_logits")),
+        );
     }
-    assert_eq!(out.codes, g.codes("gen_codes"), "cfg1.5 codes");
-    let fe = max_abs(&tensor_vec(&out.fhat), &g.f32s("gen_f_hat"));
-    let ie = max_abs(&tensor_vec(&out.image), &g.f32s("gen_image"));
+    let img = r.image.expect("image");
+    assert_eq!(img.codes, g.codes("gen_codes"), "cfg1.5 codes");
+    let fe = max_abs(&log.fhat, &g.f32s("gen_f_hat"));
+    let ie = max_abs(&log.image, &g.f32s("gen_image"));
     println!("cfg1.5 f_hat: max|Δ| = {fe:.3e}, image: max|Δ| = {ie:.3e}");
     assert!(fe <= 1e-3 && ie <= 1e-3);
-    let (_, _, rgb) = vargpt_model::vqvae::to_rgb8(&out.image).unwrap();
-    let png = image::open(fixture().join("reference_image_cfg1.5.png")).unwrap().to_rgb8();
+    let rgb = img.rgb;
+    let png = image::open(fixture().join("reference_image_cfg1.5.png"))
+        .unwrap()
+        .to_rgb8();
     let diff = rgb.iter().zip(png.as_raw()).filter(|(a, b)| a != b).count();
     println!("cfg1.5 PNG: {diff} of {} bytes differ", rgb.len());
 }

@@ -31,7 +31,9 @@ impl ClipAttention {
         let (n, t, c) = x.dims3()?;
         let d = c / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((n, t, self.heads, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((n, t, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split((self.q.forward(x)? * self.scale)?)?;
         let k = split(self.k.forward(x)?)?;
@@ -55,7 +57,11 @@ impl ClipLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
         let m = self.fc1.forward(&self.ln2.forward(&h)?)?;
-        let m = if self.quick { quick_gelu(&m)? } else { m.gelu_erf()? };
+        let m = if self.quick {
+            quick_gelu(&m)?
+        } else {
+            m.gelu_erf()?
+        };
         Ok((h + self.fc2.forward(&m)?)?)
     }
 }

@@ -299,14 +299,19 @@ impl VargptConfig {
             ),
         )?;
         check(
-            matches!(self.vision_feature_select_strategy.as_str(), "default" | "full"),
+            matches!(
+                self.vision_feature_select_strategy.as_str(),
+                "default" | "full"
+            ),
             format!(
                 "vision_feature_select_strategy {:?} must be \"default\" or \"full\"",
                 self.vision_feature_select_strategy
             ),
         )?;
         check(
-            t.num_attention_heads > 0 && t.kv_heads() > 0 && t.num_attention_heads % t.kv_heads() == 0,
+            t.num_attention_heads > 0
+                && t.kv_heads() > 0
+                && t.num_attention_heads % t.kv_heads() == 0,
             "text_config: num_attention_heads must be a multiple of num_key_value_heads".into(),
         )?;
         check(
@@ -352,7 +357,10 @@ impl VargptConfig {
         )?;
         check(
             var.ch > 0 && var.ch % 32 == 0,
-            format!("var_config.ch {} must be a multiple of 32 (GroupNorm groups)", var.ch),
+            format!(
+                "var_config.ch {} must be a multiple of 32 (GroupNorm groups)",
+                var.ch
+            ),
         )?;
         if let Some(n) = self.image_seq_length {
             check(
@@ -393,8 +401,14 @@ impl GenerationConfig {
     /// EOS ids (the field may be a number or a list).
     pub fn eos_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
             _ => vec![],
         }
     }

@@ -5,6 +5,7 @@
 pub mod clip;
 pub mod config;
 pub mod error;
+pub mod kv;
 pub mod llama;
 pub mod manifest;
 pub mod model;

@@ -2,21 +2,22 @@
 
 use crate::config::TextConfig;
 use crate::error::Result;
+use crate::kv::KvBuffer;
 use crate::nn::{silu, softmax_last, Linear, RmsNorm};
 use crate::weights::Vb;
 use candle_core::{DType, Device, Tensor};
 
-/// Per-layer key/value cache of one batch of sequences, `[b, kv_heads, len, head_dim]`.
-#[derive(Debug, Clone, Default)]
+/// The key/value cache of one sequence: one [`KvBuffer`] per layer.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<KvBuffer>,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(layers: usize) -> Self {
         Self {
-            layers: vec![None; layers],
+            layers: (0..layers).map(|_| KvBuffer::default()).collect(),
             len: 0,
         }
     }
@@ -142,38 +143,56 @@ impl Llama {
         Ok(self.embed.index_select(&flat, 0)?.reshape((b, l, ()))?)
     }
 
-    /// Runs the decoder on `x [b, l, hidden]` at positions `cache.len() ..`, appending to
-    /// the cache; returns the hidden states after the final RMSNorm (`hidden_states[-1]`).
-    /// Within the chunk the mask is the ordinary causal one.
+    /// Runs the decoder on `x [1, l, hidden]` at positions `cache.len() ..`, appending to
+    /// the cache; returns the hidden states after the final RMSNorm (`hidden_states[-1]`),
+    /// `[1, l, hidden]`. Within the chunk the mask is the ordinary causal one.
     pub fn forward(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (_b, l, _) = x.dims3()?;
-        let offset = cache.len;
-        if offset + l > self.max_positions() {
+        let l = x.dim(1)?;
+        let h = self.forward_ragged(&x.squeeze(0)?, &mut [(cache, l)])?;
+        Ok(h.unsqueeze(0)?)
+    }
+
+    /// Continuous-batching forward: `x [Σlᵢ, hidden]` holds the new tokens of several
+    /// sequences back to back, `segments[i] = (cache of sequence i, lᵢ)`. Projections
+    /// and MLPs run once over all rows (the weights are streamed once per step);
+    /// attention runs per sequence on its own cache and positions, so each sequence
+    /// sees exactly what it would see alone — no padding, no cross-talk.
+    pub fn forward_ragged(
+        &self,
+        x: &Tensor,
+        segments: &mut [(&mut KvCache, usize)],
+    ) -> Result<Tensor> {
+        let rows: usize = segments.iter().map(|(_, l)| *l).sum();
+        if rows != x.dim(0)? {
             return Err(crate::error::ModelError::Input(format!(
-                "sequence of {} positions exceeds max_position_embeddings {}",
-                offset + l,
-                self.max_positions()
+                "ragged batch: {} rows for segments totalling {rows}",
+                x.dim(0)?
             )));
         }
-        let cos = self.cos.narrow(0, offset, l)?;
-        let sin = self.sin.narrow(0, offset, l)?;
-        let mask = if l > 1 {
-            Some(causal_mask(l, offset, x.dtype(), x.device())?)
-        } else {
-            None
-        };
+        for (cache, l) in segments.iter() {
+            if cache.len + l > self.max_positions() {
+                return Err(crate::error::ModelError::Input(format!(
+                    "sequence of {} positions exceeds max_position_embeddings {}",
+                    cache.len + l,
+                    self.max_positions()
+                )));
+            }
+        }
         let mut h = x.clone();
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let a = layer
-                .attn
-                .forward(&layer.ln1.forward(&h)?, &cos, &sin, mask.as_ref(), slot)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let a =
+                layer
+                    .attn
+                    .forward(&layer.ln1.forward(&h)?, li, segments, &self.cos, &self.sin)?;
             h = (h + a)?;
             let n = layer.ln2.forward(&h)?;
             let m = &layer.mlp;
             let g = (silu(&m.gate.forward(&n)?)? * m.up.forward(&n)?)?;
             h = (h + m.down.forward(&g)?)?;
         }
-        cache.len += l;
+        for (cache, l) in segments.iter_mut() {
+            cache.len += *l;
+        }
         self.norm.forward(&h)
     }
 
@@ -191,7 +210,15 @@ impl Llama {
 fn causal_mask(l: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let total = offset + l;
     let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (l, total), dev)?.to_dtype(dtype)?)
 }
@@ -200,43 +227,68 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
+        layer: usize,
+        segments: &mut [(&mut KvCache, usize)],
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
         let d = self.head_dim;
-        let q = self.q.forward(x)?.reshape((b, l, self.heads, d))?.transpose(1, 2)?.contiguous()?;
-        let k = self.k.forward(x)?.reshape((b, l, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
-        let v = self.v.forward(x)?.reshape((b, l, self.kv_heads, d))?.transpose(1, 2)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v.contiguous()?),
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let rep = self.heads / self.kv_heads;
-        let (k, v) = if rep > 1 {
-            (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
-        } else {
-            (k, v)
-        };
-        let mut scores = (q.matmul(&k.transpose(2, 3)?)? / (d as f64).sqrt())?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
+        let q_all = self.q.forward(x)?;
+        let k_all = self.k.forward(x)?;
+        let v_all = self.v.forward(x)?;
+        let mut outs = Vec::with_capacity(segments.len());
+        let mut row = 0;
+        for (cache, l) in segments.iter_mut() {
+            let l = *l;
+            let offset = cache.len;
+            let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
+                Ok(t.narrow(0, row, l)?
+                    .reshape((l, n, d))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .unsqueeze(0)?)
+            };
+            let (c, s) = (cos.narrow(0, offset, l)?, sin.narrow(0, offset, l)?);
+            let q = candle_nn::rotary_emb::rope(&heads(&q_all, self.heads)?, &c, &s)?.squeeze(0)?;
+            let k =
+                candle_nn::rotary_emb::rope(&heads(&k_all, self.kv_heads)?, &c, &s)?.squeeze(0)?;
+            let v = heads(&v_all, self.kv_heads)?.squeeze(0)?;
+            let (k, v) = cache.layers[layer].append(&k, &v)?;
+            let rep = self.heads / self.kv_heads;
+            let (k, v) = if rep > 1 {
+                (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
+            } else {
+                (k, v)
+            };
+            let mut scores = (q.matmul(&k.transpose(1, 2)?)? / (d as f64).sqrt())?;
+            if l > 1 {
+                scores = scores.broadcast_add(&causal_mask(
+                    l,
+                    offset,
+                    scores.dtype(),
+                    scores.device(),
+                )?)?;
+            }
+            let p = softmax_last(&scores)?;
+            outs.push(
+                p.matmul(&v)?
+                    .transpose(0, 1)?
+                    .reshape((l, self.heads * d))?,
+            );
+            row += l;
         }
-        let p = softmax_last(&scores)?;
-        let o = p.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, l, self.heads * d))?;
+        let o = if outs.len() == 1 {
+            outs.pop().expect("one")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
         self.o.forward(&o)
     }
 }
 
 fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, h, rep, t, d))?
-        .reshape((b, h * rep, t, d))?)
+    let (h, t, d) = x.dims3()?;
+    Ok(x.unsqueeze(1)?
+        .expand((h, rep, t, d))?
+        .reshape((h * rep, t, d))?)
 }
-

@@ -94,8 +94,20 @@ pub fn expected_tensors(cfg: &VargptConfig) -> Vec<TensorSpec> {
             b.linear(&format!("{p}.self_attn.{proj}"), vh, vh, true, needed);
         }
         b.norm(&format!("{p}.layer_norm1"), vh, true, needed);
-        b.linear(&format!("{p}.mlp.fc1"), v.intermediate_size, vh, true, needed);
-        b.linear(&format!("{p}.mlp.fc2"), vh, v.intermediate_size, true, needed);
+        b.linear(
+            &format!("{p}.mlp.fc1"),
+            v.intermediate_size,
+            vh,
+            true,
+            needed,
+        );
+        b.linear(
+            &format!("{p}.mlp.fc2"),
+            vh,
+            v.intermediate_size,
+            true,
+            needed,
+        );
         b.norm(&format!("{p}.layer_norm2"), vh, true, needed);
     }
     b.norm(&format!("{vp}.post_layernorm"), vh, true, false);
@@ -106,17 +118,63 @@ pub fn expected_tensors(cfg: &VargptConfig) -> Vec<TensorSpec> {
 
     // LLaMA.
     let lp = "language_model";
-    b.add(format!("{lp}.model.embed_tokens.weight"), &[t.vocab_size, hd], true);
+    b.add(
+        format!("{lp}.model.embed_tokens.weight"),
+        &[t.vocab_size, hd],
+        true,
+    );
     let (nh, kvh, dh) = (t.num_attention_heads, t.kv_heads(), t.head_dim());
     for i in 0..t.num_hidden_layers {
         let p = format!("{lp}.model.layers.{i}");
-        b.linear(&format!("{p}.self_attn.q_proj"), nh * dh, hd, t.attention_bias, true);
-        b.linear(&format!("{p}.self_attn.k_proj"), kvh * dh, hd, t.attention_bias, true);
-        b.linear(&format!("{p}.self_attn.v_proj"), kvh * dh, hd, t.attention_bias, true);
-        b.linear(&format!("{p}.self_attn.o_proj"), hd, nh * dh, t.attention_bias, true);
-        b.linear(&format!("{p}.mlp.gate_proj"), t.intermediate_size, hd, t.mlp_bias, true);
-        b.linear(&format!("{p}.mlp.up_proj"), t.intermediate_size, hd, t.mlp_bias, true);
-        b.linear(&format!("{p}.mlp.down_proj"), hd, t.intermediate_size, t.mlp_bias, true);
+        b.linear(
+            &format!("{p}.self_attn.q_proj"),
+            nh * dh,
+            hd,
+            t.attention_bias,
+            true,
+        );
+        b.linear(
+            &format!("{p}.self_attn.k_proj"),
+            kvh * dh,
+            hd,
+            t.attention_bias,
+            true,
+        );
+        b.linear(
+            &format!("{p}.self_attn.v_proj"),
+            kvh * dh,
+            hd,
+            t.attention_bias,
+            true,
+        );
+        b.linear(
+            &format!("{p}.self_attn.o_proj"),
+            hd,
+            nh * dh,
+            t.attention_bias,
+            true,
+        );
+        b.linear(
+            &format!("{p}.mlp.gate_proj"),
+            t.intermediate_size,
+            hd,
+            t.mlp_bias,
+            true,
+        );
+        b.linear(
+            &format!("{p}.mlp.up_proj"),
+            t.intermediate_size,
+            hd,
+            t.mlp_bias,
+            true,
+        );
+        b.linear(
+            &format!("{p}.mlp.down_proj"),
+            hd,
+            t.intermediate_size,
+            t.mlp_bias,
+            true,
+        );
         b.norm(&format!("{p}.input_layernorm"), hd, false, true);
         b.norm(&format!("{p}.post_attention_layernorm"), hd, false, true);
     }
@@ -130,7 +188,11 @@ pub fn expected_tensors(cfg: &VargptConfig) -> Vec<TensorSpec> {
     let (cv, s, l) = (var.z_channels, var.stages(), var.total_tokens());
     let gp = "vargpt_gen";
     b.linear(&format!("{gp}.word_embed"), c, cv, true, true);
-    b.add(format!("{gp}.class_emb.weight"), &[cfg.class_emb_rows(), c], true);
+    b.add(
+        format!("{gp}.class_emb.weight"),
+        &[cfg.class_emb_rows(), c],
+        true,
+    );
     let pn0 = var.patch_nums[0];
     b.add(format!("{gp}.pos_start"), &[1, pn0 * pn0, c], true);
     b.add(format!("{gp}.pos_1LC"), &[1, l, c], true);
@@ -148,7 +210,11 @@ pub fn expected_tensors(cfg: &VargptConfig) -> Vec<TensorSpec> {
         b.add(format!("{p}.attn.q_bias"), &[c], true);
         b.add(format!("{p}.attn.v_bias"), &[c], true);
         b.add(format!("{p}.attn.zero_k_bias"), &[c], false);
-        b.add(format!("{p}.attn.scale_mul_1H11"), &[1, var.heads(), 1, 1], true);
+        b.add(
+            format!("{p}.attn.scale_mul_1H11"),
+            &[1, var.heads(), 1, 1],
+            true,
+        );
         b.linear(&format!("{p}.attn.proj"), c, c, true, true);
         b.linear(&format!("{p}.ffn.fc1"), 4 * c, c, true, true);
         b.linear(&format!("{p}.ffn.fc2"), c, 4 * c, true, true);
@@ -159,11 +225,25 @@ pub fn expected_tensors(cfg: &VargptConfig) -> Vec<TensorSpec> {
 
     // VQVAE.
     let vq = "vae_local";
-    b.add(format!("{vq}.quantize.embedding.weight"), &[var.vocab_size, cv], true);
+    b.add(
+        format!("{vq}.quantize.embedding.weight"),
+        &[var.vocab_size, cv],
+        true,
+    );
     for k in 0..var.share_quant_resi {
-        b.conv(&format!("{vq}.quantize.quant_resi.qresi_ls.{k}"), cv, cv, 3, true);
+        b.conv(
+            &format!("{vq}.quantize.quant_resi.qresi_ls.{k}"),
+            cv,
+            cv,
+            3,
+            true,
+        );
     }
-    b.add(format!("{vq}.quantize.ema_vocab_hit_SV"), &[s, var.vocab_size], false);
+    b.add(
+        format!("{vq}.quantize.ema_vocab_hit_SV"),
+        &[s, var.vocab_size],
+        false,
+    );
     b.conv(&format!("{vq}.quant_conv"), cv, cv, 3, false);
     b.conv(&format!("{vq}.post_quant_conv"), cv, cv, 3, true);
     decoder_specs(&mut b, &format!("{vq}.decoder"), var.ch, cv);
@@ -190,14 +270,25 @@ fn decoder_specs(b: &mut Builder, p: &str, ch: usize, cv: usize) {
     for lvl in (0..levels).rev() {
         let block_out = ch * VAE_CH_MULT[lvl];
         for j in 0..=VAE_NUM_RES_BLOCKS {
-            b.resnet(&format!("{p}.up.{lvl}.block.{j}"), block_in, block_out, true);
+            b.resnet(
+                &format!("{p}.up.{lvl}.block.{j}"),
+                block_in,
+                block_out,
+                true,
+            );
             block_in = block_out;
             if lvl == levels - 1 {
                 b.attn_block(&format!("{p}.up.{lvl}.attn.{j}"), block_in, true);
             }
         }
         if lvl != 0 {
-            b.conv(&format!("{p}.up.{lvl}.upsample.conv"), block_in, block_in, 3, true);
+            b.conv(
+                &format!("{p}.up.{lvl}.upsample.conv"),
+                block_in,
+                block_in,
+                3,
+                true,
+            );
         }
     }
     b.norm(&format!("{p}.norm_out"), block_in, true, true);
@@ -211,14 +302,25 @@ fn encoder_specs(b: &mut Builder, p: &str, ch: usize, cv: usize) {
     for lvl in 0..levels {
         let block_out = ch * VAE_CH_MULT[lvl];
         for j in 0..VAE_NUM_RES_BLOCKS {
-            b.resnet(&format!("{p}.down.{lvl}.block.{j}"), block_in, block_out, false);
+            b.resnet(
+                &format!("{p}.down.{lvl}.block.{j}"),
+                block_in,
+                block_out,
+                false,
+            );
             block_in = block_out;
             if lvl == levels - 1 {
                 b.attn_block(&format!("{p}.down.{lvl}.attn.{j}"), block_in, false);
             }
         }
         if lvl != levels - 1 {
-            b.conv(&format!("{p}.down.{lvl}.downsample.conv"), block_in, block_in, 3, false);
+            b.conv(
+                &format!("{p}.down.{lvl}.downsample.conv"),
+                block_in,
+                block_in,
+                3,
+                false,
+            );
         }
     }
     b.resnet(&format!("{p}.mid.block_1"), block_in, block_in, false);

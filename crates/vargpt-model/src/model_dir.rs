@@ -20,7 +20,10 @@ impl ModelFiles {
         if !dir.is_dir() {
             return Err(ModelError::Io {
                 path: dir.into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model directory not found",
+                ),
             });
         }
         let config = VargptConfig::from_file(&dir.join("config.json"))?;

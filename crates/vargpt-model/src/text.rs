@@ -46,7 +46,8 @@ fn strip_generation_tags(src: &str) -> String {
             break;
         };
         let end = start + end_rel + 2;
-        let inner = rest[start + 2..end - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let inner = rest[start + 2..end - 2]
+            .trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
         if inner != "generation" && inner != "endgeneration" {
             out.push_str(&rest[start..end]);
@@ -67,9 +68,15 @@ impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", strip_generation_tags(source))
             .map_err(|e| ModelError::Template(e.to_string()))?;
         Ok(Self {
@@ -106,7 +113,11 @@ impl ChatTemplate {
         };
         let token = |k: &str| match v.get(k) {
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(o) => o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            Some(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string(),
             None => String::new(),
         };
         Self::new(&template, &token("bos_token"), &token("eos_token"))
@@ -173,7 +184,9 @@ mod tests {
 
     #[test]
     fn generation_tags_are_removed_body_kept() {
-        let s = strip_generation_tags("a{% generation %}{{ x }}{%- endgeneration -%}b{% if y %}c{% endif %}");
+        let s = strip_generation_tags(
+            "a{% generation %}{{ x }}{%- endgeneration -%}b{% if y %}c{% endif %}",
+        );
         assert_eq!(s, "a{{ x }}b{% if y %}c{% endif %}");
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::config::VarConfig;
 use crate::error::Result;
+use crate::kv::KvBuffer;
 use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear};
 use crate::weights::Vb;
 use candle_core::{DType, IndexOp, Tensor, D};
@@ -11,19 +12,16 @@ use candle_core::{DType, IndexOp, Tensor, D};
 /// `exp(min(s, ln 100))`: the per-head multiplier's cap.
 const MAX_SCALE_MUL: f64 = 4.605_170_249_938_965;
 
-/// Keys/values of one block, `[B, H, T, 64]`; the keys are stored L2-normalised.
-#[derive(Debug, Clone, Default)]
+/// Keys/values of every block for one sequence (one CFG branch of one image);
+/// the keys are stored L2-normalised.
+#[derive(Debug, Default)]
 pub struct VarCache {
-    blocks: Vec<Option<(Tensor, Tensor)>>,
+    blocks: Vec<KvBuffer>,
 }
 
 impl VarCache {
     pub fn len(&self) -> usize {
-        self.blocks
-            .first()
-            .and_then(|b| b.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.blocks.first().map(|b| b.len()).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -67,6 +65,7 @@ impl Var {
                 .get_f32("scale_mul_1H11")?
                 .clamp(f64::NEG_INFINITY, MAX_SCALE_MUL)?
                 .exp()?
+                .reshape((cfg.heads(), 1, 1))?
                 .to_dtype(vb.dtype())?;
             blocks.push(Block {
                 ada_lin: Linear::load(&b.pp("ada_lin.1"), true)?,
@@ -109,7 +108,9 @@ impl Var {
 
     pub fn new_cache(&self) -> VarCache {
         VarCache {
-            blocks: vec![None; self.blocks.len()],
+            blocks: (0..self.blocks.len())
+                .map(|_| KvBuffer::default())
+                .collect(),
         }
     }
 
@@ -122,28 +123,42 @@ impl Var {
     pub fn first_tokens(&self, cls: &Tensor) -> Result<Tensor> {
         let first_l = self.pos_start.dim(1)?;
         let lp = self.lvl_pos.narrow(0, 0, first_l)?.unsqueeze(0)?;
-        Ok(cls.unsqueeze(1)?.broadcast_add(&self.pos_start)?.broadcast_add(&lp)?)
+        Ok(cls
+            .unsqueeze(1)?
+            .broadcast_add(&self.pos_start)?
+            .broadcast_add(&lp)?)
     }
 
     /// Input of stage `k` from the area-downsampled f̂ `[1, Cv, pn, pn]`: `[1, pn², C]`.
     pub fn stage_tokens(&self, k: usize, nxt: &Tensor) -> Result<Tensor> {
         let (b, cv, h, w) = nxt.dims4()?;
-        let x = nxt.reshape((b, cv, h * w))?.transpose(1, 2)?.to_dtype(self.class_emb.dtype())?;
+        let x = nxt
+            .reshape((b, cv, h * w))?
+            .transpose(1, 2)?
+            .to_dtype(self.class_emb.dtype())?;
         let begin = self.cfg.stage_offsets()[k];
         let lp = self.lvl_pos.narrow(0, begin, h * w)?.unsqueeze(0)?;
         Ok(self.word_embed.forward(&x)?.broadcast_add(&lp)?)
     }
 
-    /// Runs every block and the head on `x [B, l, C]` under condition `cond [1|B, C]`,
-    /// appending to the cache; returns logits `[B, l, V]` in f32.
-    pub fn forward(&self, x: &Tensor, cond: &Tensor, cache: &mut VarCache) -> Result<Tensor> {
+    /// Runs every block and the head on `x [Σlᵢ, C]` (several sequences back to back,
+    /// `segments[i] = (cache, lᵢ)`) under the condition `cond [1, C]`, shared by all of
+    /// them (VARGPT conditions every image on the same class row). Returns logits
+    /// `[Σlᵢ, V]` in f32. Attention is per sequence, bidirectional within the new
+    /// tokens, over the sequence's cached stages.
+    pub fn forward_ragged(
+        &self,
+        x: &Tensor,
+        cond: &Tensor,
+        segments: &mut [(&mut VarCache, usize)],
+    ) -> Result<Tensor> {
         let sc = silu(cond)?;
         let mut x = x.clone();
-        for (blk, slot) in self.blocks.iter().zip(cache.blocks.iter_mut()) {
-            x = blk.forward(&x, &sc, &self.ln, slot)?;
+        for (bi, blk) in self.blocks.iter().enumerate() {
+            x = blk.forward(&x, &sc, &self.ln, bi, segments)?;
         }
         let c = x.dim(D::Minus1)?;
-        let a = self.head_nm_ada.forward(&sc)?.unsqueeze(1)?; // [B, 1, 2C]
+        let a = self.head_nm_ada.forward(&sc)?; // [1, 2C]
         let scale = a.narrow(D::Minus1, 0, c)?;
         let shift = a.narrow(D::Minus1, c, c)?;
         let h = self
@@ -161,42 +176,75 @@ impl Block {
         x: &Tensor,
         silu_cond: &Tensor,
         ln: &LayerNorm,
-        cache: &mut Option<(Tensor, Tensor)>,
+        block: usize,
+        segments: &mut [(&mut VarCache, usize)],
     ) -> Result<Tensor> {
         let c = x.dim(D::Minus1)?;
         // Chunk order: gamma1, gamma2, scale1, scale2, shift1, shift2.
-        let a = self.ada_lin.forward(silu_cond)?.unsqueeze(1)?; // [B, 1, 6C]
+        let a = self.ada_lin.forward(silu_cond)?; // [1, 6C]
         let chunk = |i: usize| a.narrow(D::Minus1, i * c, c);
-        let (g1, g2, s1, s2, b1, b2) = (chunk(0)?, chunk(1)?, chunk(2)?, chunk(3)?, chunk(4)?, chunk(5)?);
-        let y = ln.forward(x)?.broadcast_mul(&(s1 + 1.0)?)?.broadcast_add(&b1)?;
-        let x = (x + self.attention(&y, cache)?.broadcast_mul(&g1)?)?;
-        let y = ln.forward(&x)?.broadcast_mul(&(s2 + 1.0)?)?.broadcast_add(&b2)?;
+        let (g1, g2, s1, s2, b1, b2) = (
+            chunk(0)?,
+            chunk(1)?,
+            chunk(2)?,
+            chunk(3)?,
+            chunk(4)?,
+            chunk(5)?,
+        );
+        let y = ln
+            .forward(x)?
+            .broadcast_mul(&(s1 + 1.0)?)?
+            .broadcast_add(&b1)?;
+        let x = (x + self.attention(&y, block, segments)?.broadcast_mul(&g1)?)?;
+        let y = ln
+            .forward(&x)?
+            .broadcast_mul(&(s2 + 1.0)?)?
+            .broadcast_add(&b2)?;
         let f = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&y)?)?)?;
         Ok((x + f.broadcast_mul(&g2)?)?)
     }
 
-    fn attention(&self, y: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
-        let (b, l, c) = y.dims3()?;
+    fn attention(
+        &self,
+        y: &Tensor,
+        block: usize,
+        segments: &mut [(&mut VarCache, usize)],
+    ) -> Result<Tensor> {
+        let c = y.dim(1)?;
         let h = self.heads;
         let d = c / h;
         let qkv = Linear::new(self.mat_qkv.clone(), Some(self.qkv_bias.clone())).forward(y)?;
-        let qkv = qkv.reshape((b, l, 3, h, d))?.permute((2, 0, 3, 1, 4))?; // [3, B, H, l, d]
-        let q = l2_normalize(&qkv.i(0)?)?.broadcast_mul(&self.scale_mul)?;
-        let k = l2_normalize(&qkv.i(1)?)?;
-        let v = qkv.i(2)?.contiguous()?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+        let mut outs = Vec::with_capacity(segments.len());
+        let mut row = 0;
+        for (cache, l) in segments.iter_mut() {
+            let l = *l;
+            let part = qkv
+                .narrow(0, row, l)?
+                .reshape((l, 3, h, d))?
+                .permute((1, 2, 0, 3))?; // [3, H, l, d]
+            let q = l2_normalize(&part.i(0)?)?.broadcast_mul(&self.scale_mul)?;
+            let k = l2_normalize(&part.i(1)?)?;
+            let v = part.i(2)?.contiguous()?;
+            let (k, v) = cache.blocks[block].append(&k, &v)?;
+            let p = softmax_last(&q.contiguous()?.matmul(&k.transpose(1, 2)?)?)?;
+            outs.push(p.matmul(&v)?.transpose(0, 1)?.reshape((l, c))?);
+            row += l;
+        }
+        let o = if outs.len() == 1 {
+            outs.pop().expect("one")
+        } else {
+            Tensor::cat(&outs, 0)?
         };
-        *cache = Some((k.clone(), v.clone()));
-        let p = softmax_last(&q.contiguous()?.matmul(&k.transpose(2, 3)?.contiguous()?)?)?;
-        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, l, c))?;
         self.proj.forward(&o)
     }
 }
 
 /// `x / max(‖x‖₂, 1e-12)` over the last dimension (F.normalize).
 fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    let n = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::INFINITY)?;
     Ok(x.broadcast_div(&n)?)
 }

@@ -49,11 +49,16 @@ impl GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let dt = x.dtype();
-        let g = x.to_dtype(DType::F32)?.reshape((n, Self::GROUPS, (c / Self::GROUPS) * h * w))?;
+        let g = x
+            .to_dtype(DType::F32)?
+            .reshape((n, Self::GROUPS, (c / Self::GROUPS) * h * w))?;
         let mean = g.mean_keepdim(D::Minus1)?;
         let gc = g.broadcast_sub(&mean)?;
         let var = gc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = gc.broadcast_div(&(var + 1e-6)?.sqrt()?)?.reshape((n, c, h, w))?.to_dtype(dt)?;
+        let y = gc
+            .broadcast_div(&(var + 1e-6)?.sqrt()?)?
+            .reshape((n, c, h, w))?
+            .to_dtype(dt)?;
         Ok(y.broadcast_mul(&self.w.reshape((1, c, 1, 1))?)?
             .broadcast_add(&self.b.reshape((1, c, 1, 1))?)?)
     }
@@ -110,12 +115,21 @@ impl AttnBlock {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        let qkv = self.qkv.forward(&self.norm.forward(x)?)?.reshape((n, 3, c, h * w))?;
-        let q = qkv.narrow(1, 0, 1)?.squeeze(1)?.transpose(1, 2)?.contiguous()?; // [n, hw, c]
+        let qkv = self
+            .qkv
+            .forward(&self.norm.forward(x)?)?
+            .reshape((n, 3, c, h * w))?;
+        let q = qkv
+            .narrow(1, 0, 1)?
+            .squeeze(1)?
+            .transpose(1, 2)?
+            .contiguous()?; // [n, hw, c]
         let k = qkv.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?; // [n, c, hw]
         let v = qkv.narrow(1, 2, 1)?.squeeze(1)?.contiguous()?; // [n, c, hw]
         let att = softmax_last(&(q.matmul(&k)? * (c as f64).powf(-0.5))?)?; // [n, hw_q, hw_k]
-        let o = v.matmul(&att.transpose(1, 2)?.contiguous()?)?.reshape((n, c, h, w))?;
+        let o = v
+            .matmul(&att.transpose(1, 2)?.contiguous()?)?
+            .reshape((n, c, h, w))?;
         Ok((x + self.proj_out.forward(&o)?)?)
     }
 }
@@ -175,7 +189,9 @@ impl Decoder {
 
     fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(z)?;
-        h = self.mid2.forward(&self.mid_attn.forward(&self.mid1.forward(&h)?)?)?;
+        h = self
+            .mid2
+            .forward(&self.mid_attn.forward(&self.mid1.forward(&h)?)?)?;
         for level in &self.levels {
             for (j, block) in level.blocks.iter().enumerate() {
                 h = block.forward(&h)?;
@@ -239,12 +255,22 @@ pub fn phi_indices(stages: usize, k: usize) -> Vec<usize> {
     } else {
         let step = (stop - start) / (k - 1) as f64;
         (0..k)
-            .map(|i| if i == k - 1 { stop } else { i as f64 * step + start })
+            .map(|i| {
+                if i == k - 1 {
+                    stop
+                } else {
+                    i as f64 * step + start
+                }
+            })
             .collect()
     };
     (0..stages)
         .map(|si| {
-            let r = if stages > 1 { si as f64 / (stages - 1) as f64 } else { 0.0 };
+            let r = if stages > 1 {
+                si as f64 / (stages - 1) as f64
+            } else {
+                0.0
+            };
             let mut best = 0;
             for (i, t) in ticks.iter().enumerate() {
                 if (t - r).abs() < (ticks[best] - r).abs() {
@@ -308,7 +334,11 @@ impl Vqvae {
     /// Empty accumulated feature map `[1, Cv, side, side]` (f32).
     pub fn zero_fhat(&self) -> Result<Tensor> {
         let s = self.cfg.latent_side();
-        Ok(Tensor::zeros((1, self.cfg.z_channels, s, s), DType::F32, self.codebook.device())?)
+        Ok(Tensor::zeros(
+            (1, self.cfg.z_channels, s, s),
+            DType::F32,
+            self.codebook.device(),
+        )?)
     }
 
     /// Codes `[pn²]` of stage `k` → `[1, Cv, pn, pn]` (token j ↦ row j/pn, col j%pn).
@@ -372,7 +402,11 @@ impl Vqvae {
     pub fn decode(&self, fhat: &Tensor) -> Result<Tensor> {
         let dt = self.post_quant_conv.w.dtype();
         let z = self.post_quant_conv.forward(&fhat.to_dtype(dt)?)?;
-        Ok(self.decoder.forward(&z)?.to_dtype(DType::F32)?.clamp(-1.0, 1.0)?)
+        Ok(self
+            .decoder
+            .forward(&z)?
+            .to_dtype(DType::F32)?
+            .clamp(-1.0, 1.0)?)
     }
 }
 
@@ -382,9 +416,6 @@ pub fn to_rgb8(img: &Tensor) -> Result<(u32, u32, Vec<u8>)> {
     let (_, _, h, w) = img.dims4()?;
     let hwc = img.squeeze(0)?.permute((1, 2, 0))?.contiguous()?;
     let v: Vec<f32> = hwc.flatten_all()?.to_vec1()?;
-    let px = v
-        .iter()
-        .map(|&x| ((x + 1.0) * 0.5 * 255.0) as u8)
-        .collect();
+    let px = v.iter().map(|&x| ((x + 1.0) * 0.5 * 255.0) as u8).collect();
     Ok((w as u32, h as u32, px))
 }

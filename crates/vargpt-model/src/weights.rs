@@ -77,7 +77,10 @@ impl Weights {
         let files = checkpoint_files(dir)?;
         for f in &files {
             if !f.exists() {
-                return Err(ModelError::Checkpoint(format!("shard {} is missing", f.display())));
+                return Err(ModelError::Checkpoint(format!(
+                    "shard {} is missing",
+                    f.display()
+                )));
             }
         }
         // SAFETY: the files are opened read-only; like every mmap-based loader we
@@ -100,7 +103,10 @@ impl Weights {
                 });
             }
             let ok = if spec.integer {
-                matches!(view.dtype(), safetensors::Dtype::I64 | safetensors::Dtype::I32)
+                matches!(
+                    view.dtype(),
+                    safetensors::Dtype::I64 | safetensors::Dtype::I32
+                )
             } else {
                 is_float(view.dtype())
             };
@@ -154,7 +160,9 @@ impl Weights {
             return Err(ModelError::UnknownTensor { name: name.into() });
         }
         let t = self.st.load(name, &Device::Cpu).map_err(|e| match e {
-            candle_core::Error::CannotFindTensor { .. } => ModelError::MissingTensor { name: name.into() },
+            candle_core::Error::CannotFindTensor { .. } => {
+                ModelError::MissingTensor { name: name.into() }
+            }
             other => ModelError::Checkpoint(format!("{name}: {other}")),
         })?;
         Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
@@ -162,7 +170,10 @@ impl Weights {
 
     /// Loads rows/columns `[start, start+len)` of `name` along `dim` (tensor-parallel shards).
     pub fn get_narrow(&self, name: &str, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-        let view = self.st.get(name).map_err(|_| ModelError::MissingTensor { name: name.into() })?;
+        let view = self
+            .st
+            .get(name)
+            .map_err(|_| ModelError::MissingTensor { name: name.into() })?;
         let shape = view.shape().to_vec();
         if dim >= shape.len() || start + len > shape[dim] {
             return Err(ModelError::Checkpoint(format!(
@@ -189,7 +200,10 @@ impl Weights {
             };
             Tensor::from_raw_buffer(bytes, dt, &s, &Device::Cpu)?
         } else {
-            self.st.load(name, &Device::Cpu)?.narrow(dim, start, len)?.contiguous()?
+            self.st
+                .load(name, &Device::Cpu)?
+                .narrow(dim, start, len)?
+                .contiguous()?
         };
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }

@@ -32,7 +32,9 @@ fn run() -> Result<(), String> {
             "--dtype" => spec.dtype = val("--dtype")?,
             "--seed" => spec.seed = val("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--shard-mb" => {
-                let mb: usize = val("--shard-mb")?.parse().map_err(|e| format!("--shard-mb: {e}"))?;
+                let mb: usize = val("--shard-mb")?
+                    .parse()
+                    .map_err(|e| format!("--shard-mb: {e}"))?;
                 spec.shard_bytes = Some(mb << 20);
             }
             "-h" | "--help" => {

@@ -1,0 +1,175 @@
+//! Batched results equal unbatched ones: static batches (`run_batch`) and continuous
+//! batching (`Scheduler`, requests joining and leaving between steps), on the
+//! reference fixture and on a checkpoint of another shape.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
+use vargpt_engine::{
+    BatchConfig, Engine, LoadOptions, Request, Response, SamplingParams, Scheduler, Task,
+};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/reference-tiny"
+    ))
+}
+
+fn png() -> Vec<u8> {
+    std::fs::read(fixture().join("test_image.png")).unwrap()
+}
+
+fn mixed_requests() -> Vec<Request> {
+    let greedy = |n| SamplingParams {
+        max_new_tokens: n,
+        allow_image: false,
+        ..Default::default()
+    };
+    let sampled = |seed| SamplingParams {
+        greedy: false,
+        seed: Some(seed),
+        max_new_tokens: 9,
+        allow_image: false,
+        ..Default::default()
+    };
+    let r = |task, text: &str, image: Option<Vec<u8>>, params| Request {
+        task,
+        text: text.into(),
+        image,
+        params,
+    };
+    vec![
+        r(
+            Task::Caption,
+            "Describe the image.",
+            Some(png()),
+            greedy(12),
+        ),
+        r(
+            Task::Vqa,
+            "What is the color of the car?",
+            Some(png()),
+            greedy(5),
+        ),
+        r(
+            Task::Chat,
+            "Please describe a cat on a sofa.",
+            None,
+            greedy(12),
+        ),
+        r(Task::Chat, "Hi", None, greedy(3)),
+        r(
+            Task::Chat,
+            "Tell me a long story about the sea and the wind.",
+            None,
+            sampled(11),
+        ),
+        r(
+            Task::GenerateImage,
+            "a butterfly",
+            None,
+            SamplingParams {
+                cfg_scale: 0.0,
+                image_top_k: 1,
+                ..Default::default()
+            },
+        ),
+        r(
+            Task::GenerateImage,
+            "a flower",
+            None,
+            SamplingParams {
+                seed: Some(5),
+                ..Default::default()
+            },
+        ),
+        r(Task::Caption, "Describe the image.", Some(png()), greedy(7)),
+    ]
+}
+
+fn same(a: &Response, b: &Response, what: &str) {
+    assert_eq!(a.prompt_ids, b.prompt_ids, "{what}: prompt ids");
+    assert_eq!(a.ids, b.ids, "{what}: generated ids");
+    assert_eq!(a.text, b.text, "{what}: text");
+    assert_eq!(a.finish_reason, b.finish_reason, "{what}: finish");
+    match (&a.image, &b.image) {
+        (Some(x), Some(y)) => {
+            assert_eq!(x.codes, y.codes, "{what}: codes");
+            let diff = x
+                .rgb
+                .iter()
+                .zip(&y.rgb)
+                .map(|(p, q)| (*p as i32 - *q as i32).abs())
+                .max()
+                .unwrap_or(0);
+            assert!(diff <= 1, "{what}: image differs by {diff} levels");
+        }
+        (None, None) => {}
+        _ => panic!("{what}: image presence differs"),
+    }
+}
+
+fn check_static(e: &Engine, label: &str) {
+    let reqs = mixed_requests();
+    let alone: Vec<Response> = reqs.iter().map(|r| e.run(r).unwrap()).collect();
+    let together = e.run_batch(&reqs);
+    for (i, (a, b)) in alone.iter().zip(together).enumerate() {
+        same(a, &b.unwrap(), &format!("{label} request {i}"));
+    }
+}
+
+#[test]
+fn static_batch_equals_unbatched_on_the_reference_fixture() {
+    let e = Engine::load(&LoadOptions::new(fixture().to_str().unwrap())).unwrap();
+    check_static(&e, "reference");
+}
+
+#[test]
+fn static_batch_equals_unbatched_on_another_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    make_checkpoint(dir.path(), &CheckpointSpec::small()).unwrap();
+    let e = Engine::load(&LoadOptions::new(dir.path().to_str().unwrap())).unwrap();
+    check_static(&e, "small");
+}
+
+#[test]
+fn continuous_batching_admits_between_steps_and_matches() {
+    let e = Arc::new(Engine::load(&LoadOptions::new(fixture().to_str().unwrap())).unwrap());
+    let reqs = mixed_requests();
+    let alone: Vec<Response> = reqs.iter().map(|r| e.run(r).unwrap()).collect();
+    let biggest = Arc::new(AtomicUsize::new(0));
+    let b2 = biggest.clone();
+    let sched = Scheduler::spawn(
+        e.clone(),
+        BatchConfig {
+            max_batch: 4,
+            max_tokens_per_step: 256,
+            on_step: Some(Arc::new(move |n| {
+                b2.fetch_max(n, Ordering::SeqCst);
+            })),
+        },
+    );
+    // First wave, then more requests while the first ones are still running.
+    let mut rxs: Vec<_> = reqs[..3].iter().map(|r| sched.submit(r.clone())).collect();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    rxs.extend(reqs[3..].iter().map(|r| sched.submit(r.clone())));
+    // A bad request in the middle gets its own error and harms no one.
+    let bad = sched.submit(Request {
+        task: Task::Caption,
+        text: String::new(),
+        image: Some(b"nope".to_vec()),
+        params: SamplingParams::default(),
+    });
+    for (i, rx) in rxs.into_iter().enumerate() {
+        same(
+            &alone[i],
+            &rx.recv().unwrap().unwrap(),
+            &format!("scheduled request {i}"),
+        );
+    }
+    assert!(bad.recv().unwrap().is_err());
+    let max = biggest.load(Ordering::SeqCst);
+    assert!(max > 1 && max <= 4, "batch sizes seen: up to {max}");
+}
