@@ -313,6 +313,9 @@ fn encode(values: &[f32], dtype: &str) -> (safetensors::Dtype, Vec<u8>) {
     }
 }
 
+/// Name, dtype, shape and little-endian bytes of one tensor to write.
+type StoredTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
 fn write_json(path: &Path, v: &Value) -> Result<(), EngineError> {
     let text = serde_json::to_string_pretty(v).expect("json");
     std::fs::write(path, text).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))
@@ -358,7 +361,7 @@ pub fn make_checkpoint(dir: &Path, spec: &CheckpointSpec) -> Result<usize, Engin
     let specs = expected_tensors(&cfg);
     let mut params = 0;
     // Tensors grouped into shards in manifest order.
-    let mut shards: Vec<Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>> = vec![vec![]];
+    let mut shards: Vec<Vec<StoredTensor>> = vec![vec![]];
     let mut shard_size = 0usize;
     for s in &specs {
         let (dtype, bytes) = if s.integer {

@@ -23,8 +23,13 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// Compute dtype: "f32" (default on CPU), "f16", "bf16".
     pub dtype: Option<String>,
-    /// Use the GPU with this ordinal (needs the `cuda` feature).
+    /// Use the GPU with this ordinal (needs the `cuda` feature); with `tp > 1`, the
+    /// first of `tp` consecutive GPUs unless `devices` lists them.
     pub cuda_device: Option<usize>,
+    /// Tensor-parallel degree: the LLaMA and VAR blocks are split over this many ranks.
+    pub tp: usize,
+    /// Explicit GPU ordinals of the ranks (length `tp`).
+    pub devices: Vec<usize>,
     pub limits: EngineLimits,
 }
 
@@ -35,6 +40,8 @@ impl LoadOptions {
             revision: None,
             dtype: None,
             cuda_device: None,
+            tp: 1,
+            devices: Vec::new(),
             limits: EngineLimits::default(),
         }
     }
@@ -103,7 +110,7 @@ impl Engine {
             &crate::hub::default_cache(),
         )?;
         let files = ModelFiles::open(&dir).map_err(|e| EngineError::Load(e.to_string()))?;
-        let device = select_device(opts.cuda_device)?;
+        let device = select_device(opts.devices.first().copied().or(opts.cuda_device))?;
         let dtype = match &opts.dtype {
             Some(s) => parse_dtype(s)?,
             None if device.is_cpu() => DType::F32,
@@ -111,7 +118,8 @@ impl Engine {
         };
         let weights = Weights::open(&dir, expected_tensors(&files.config), dtype, &device)
             .map_err(|e| EngineError::Load(e.to_string()))?;
-        let model = VargptModel::load(&weights, &files.config)
+        let shards = crate::parallel::shards(opts, &device)?;
+        let model = VargptModel::load_sharded(&weights, &files.config, &shards)
             .map_err(|e| EngineError::Load(e.to_string()))?;
         let weight_bytes = weights.stored_bytes();
         drop(weights);
@@ -625,10 +633,12 @@ pub fn validate_params(p: &SamplingParams, limits: &EngineLimits) -> Result<(), 
             limits.max_new_tokens
         ));
     }
-    if !p.greedy && !(p.temperature.is_finite() && p.temperature > 0.0 && p.temperature <= 100.0) {
+    let temperature_ok = p.temperature.is_finite() && p.temperature > 0.0 && p.temperature <= 100.0;
+    if !p.greedy && !temperature_ok {
         return bad("temperature must be in (0, 100]".into());
     }
-    if !(p.top_p > 0.0 && p.top_p <= 1.0) || !(p.image_top_p > 0.0 && p.image_top_p <= 1.0) {
+    let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+    if !in_unit(p.top_p) || !in_unit(p.image_top_p) {
         return bad("top_p and image_top_p must be in (0, 1]".into());
     }
     if !(p.repetition_penalty.is_finite()

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod hub;
+pub mod parallel;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;

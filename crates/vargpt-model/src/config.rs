@@ -273,14 +273,14 @@ impl VargptConfig {
         let var = self.var();
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(msg) };
         check(
-            v.patch_size > 0 && v.image_size % v.patch_size == 0,
+            v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
             format!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
             ),
         )?;
         check(
-            v.num_attention_heads > 0 && v.hidden_size % v.num_attention_heads == 0,
+            v.num_attention_heads > 0 && v.hidden_size.is_multiple_of(v.num_attention_heads),
             format!(
                 "vision_config.hidden_size {} not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
@@ -311,11 +311,11 @@ impl VargptConfig {
         check(
             t.num_attention_heads > 0
                 && t.kv_heads() > 0
-                && t.num_attention_heads % t.kv_heads() == 0,
+                && t.num_attention_heads.is_multiple_of(t.kv_heads()),
             "text_config: num_attention_heads must be a multiple of num_key_value_heads".into(),
         )?;
         check(
-            t.head_dim() % 2 == 0 && t.head_dim() > 0,
+            t.head_dim().is_multiple_of(2) && t.head_dim() > 0,
             format!("text_config head_dim {} must be even", t.head_dim()),
         )?;
         check(
@@ -356,7 +356,7 @@ impl VargptConfig {
             "var_config: vocab_size, z_channels, share_quant_resi must be > 0".into(),
         )?;
         check(
-            var.ch > 0 && var.ch % 32 == 0,
+            var.ch > 0 && var.ch.is_multiple_of(32),
             format!(
                 "var_config.ch {} must be a multiple of 32 (GroupNorm groups)",
                 var.ch

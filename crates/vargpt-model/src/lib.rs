@@ -13,6 +13,9 @@ pub mod model_dir;
 pub mod nn;
 pub mod projector;
 pub mod text;
+pub mod tp;
+#[cfg(feature = "nccl")]
+pub mod tp_nccl;
 pub mod var;
 pub mod vqvae;
 pub mod weights;

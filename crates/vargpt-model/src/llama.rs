@@ -1,23 +1,28 @@
-//! The LLaMA language model (HF `LlamaForCausalLM`, unmodified) with a KV cache.
+//! The LLaMA language model (HF `LlamaForCausalLM`, unmodified) with per-sequence KV
+//! caches, ragged (continuous) batching and optional tensor parallelism.
 
 use crate::config::TextConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
-use crate::nn::{silu, softmax_last, Linear, RmsNorm};
+use crate::nn::{silu, softmax_last, Linear, RmsNorm, RowParallel};
+use crate::tp::{check_divisible, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, Tensor};
 
-/// The key/value cache of one sequence: one [`KvBuffer`] per layer.
+/// The key/value cache of one sequence: per tensor-parallel rank, one [`KvBuffer`]
+/// per layer (each rank caches its own heads).
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<KvBuffer>,
+    ranks: Vec<Vec<KvBuffer>>,
     len: usize,
 }
 
 impl KvCache {
-    pub fn new(layers: usize) -> Self {
+    pub fn new(layers: usize, ranks: usize) -> Self {
         Self {
-            layers: (0..layers).map(|_| KvBuffer::default()).collect(),
+            ranks: (0..ranks)
+                .map(|_| (0..layers).map(|_| KvBuffer::default()).collect())
+                .collect(),
             len: 0,
         }
     }
@@ -34,7 +39,8 @@ struct Attention {
     q: Linear,
     k: Linear,
     v: Linear,
-    o: Linear,
+    o: RowParallel,
+    /// Heads held by this rank.
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -43,7 +49,7 @@ struct Attention {
 struct Mlp {
     gate: Linear,
     up: Linear,
-    down: Linear,
+    down: RowParallel,
 }
 
 struct Layer {
@@ -53,14 +59,24 @@ struct Layer {
     mlp: Mlp,
 }
 
-pub struct Llama {
-    embed: Tensor,
+/// The decoder layers as held by one tensor-parallel rank.
+struct RankLayers {
     layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
+    device: Device,
+}
+
+/// One rank's view of a sequence in a ragged step: its caches, offset and new length.
+type RankSegment<'c> = (&'c mut Vec<KvBuffer>, usize, usize);
+
+pub struct Llama {
+    embed: Tensor,
+    ranks: Vec<RankLayers>,
+    norm: RmsNorm,
+    lm_head: Linear,
     head_dim: usize,
+    max_positions: usize,
 }
 
 /// RoPE tables `[max_pos, head_dim/2]` computed in f32 as transformers does.
@@ -79,61 +95,82 @@ fn rope_tables(cfg: &TextConfig, dtype: DType, dev: &Device) -> Result<(Tensor, 
 }
 
 impl Llama {
-    pub fn load(vb: &Vb, cfg: &TextConfig) -> Result<Self> {
-        let m = vb.pp("model");
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = m.pp("layers").pp(i);
-            let a = l.pp("self_attn");
-            let b = cfg.attention_bias;
-            let mb = cfg.mlp_bias;
-            layers.push(Layer {
-                ln1: RmsNorm::load(&l.pp("input_layernorm"), cfg.rms_norm_eps)?,
-                attn: Attention {
-                    q: Linear::load(&a.pp("q_proj"), b)?,
-                    k: Linear::load(&a.pp("k_proj"), b)?,
-                    v: Linear::load(&a.pp("v_proj"), b)?,
-                    o: Linear::load(&a.pp("o_proj"), b)?,
-                    heads: cfg.num_attention_heads,
-                    kv_heads: cfg.kv_heads(),
-                    head_dim: cfg.head_dim(),
-                },
-                ln2: RmsNorm::load(&l.pp("post_attention_layernorm"), cfg.rms_norm_eps)?,
-                mlp: Mlp {
-                    gate: Linear::load(&l.pp("mlp.gate_proj"), mb)?,
-                    up: Linear::load(&l.pp("mlp.up_proj"), mb)?,
-                    down: Linear::load(&l.pp("mlp.down_proj"), mb)?,
-                },
+    /// Loads the decoder; `shards` lists the tensor-parallel ranks (one for TP = 1).
+    /// Embeddings, norms and `lm_head` are replicated on rank 0's device.
+    pub fn load(vb: &Vb, cfg: &TextConfig, shards: &[Shard]) -> Result<Self> {
+        let world = shards.len();
+        for (what, n) in [
+            ("num_attention_heads", cfg.num_attention_heads),
+            ("num_key_value_heads", cfg.kv_heads()),
+            ("intermediate_size", cfg.intermediate_size),
+        ] {
+            check_divisible(&format!("text_config.{what}"), n, world).map_err(ModelError::Input)?;
+        }
+        let mut ranks = Vec::with_capacity(world);
+        for shard in shards {
+            let m = Vb::root_on(vb.weights(), shard.device.clone()).pp(vb.name("model"));
+            let dh = cfg.head_dim();
+            let (b, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+            for i in 0..cfg.num_hidden_layers {
+                let l = m.pp("layers").pp(i);
+                let a = l.pp("self_attn");
+                let (q0, qn) = shard.range(cfg.num_attention_heads);
+                let (k0, kn) = shard.range(cfg.kv_heads());
+                layers.push(Layer {
+                    ln1: RmsNorm::load(&l.pp("input_layernorm"), cfg.rms_norm_eps)?,
+                    attn: Attention {
+                        q: Linear::load_rows(&a.pp("q_proj"), b, &[(q0 * dh, qn * dh)])?,
+                        k: Linear::load_rows(&a.pp("k_proj"), b, &[(k0 * dh, kn * dh)])?,
+                        v: Linear::load_rows(&a.pp("v_proj"), b, &[(k0 * dh, kn * dh)])?,
+                        o: RowParallel::load(&a.pp("o_proj"), b, shard)?,
+                        heads: qn,
+                        kv_heads: kn,
+                        head_dim: dh,
+                    },
+                    ln2: RmsNorm::load(&l.pp("post_attention_layernorm"), cfg.rms_norm_eps)?,
+                    mlp: Mlp {
+                        gate: Linear::load_column(&l.pp("mlp.gate_proj"), mb, shard)?,
+                        up: Linear::load_column(&l.pp("mlp.up_proj"), mb, shard)?,
+                        down: RowParallel::load(&l.pp("mlp.down_proj"), mb, shard)?,
+                    },
+                });
+            }
+            let (cos, sin) = rope_tables(cfg, vb.dtype(), &shard.device)?;
+            ranks.push(RankLayers {
+                layers,
+                cos,
+                sin,
+                device: shard.device.clone(),
             });
         }
+        let m = vb.pp("model");
         let embed = m.get("embed_tokens.weight")?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed.clone(), None)
         } else {
             Linear::load(&vb.pp("lm_head"), false)?
         };
-        let (cos, sin) = rope_tables(cfg, vb.dtype(), vb.device())?;
         Ok(Self {
             embed,
-            layers,
+            ranks,
             norm: RmsNorm::load(&m.pp("norm"), cfg.rms_norm_eps)?,
             lm_head,
-            cos,
-            sin,
             head_dim: cfg.head_dim(),
+            max_positions: cfg.max_position_embeddings,
         })
     }
 
     pub fn num_layers(&self) -> usize {
-        self.layers.len()
+        self.ranks[0].layers.len()
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+        KvCache::new(self.num_layers(), self.ranks.len())
     }
 
     pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
+        self.max_positions
     }
 
     /// Token ids `[b, l]` → embeddings `[b, l, hidden]`.
@@ -156,7 +193,8 @@ impl Llama {
     /// sequences back to back, `segments[i] = (cache of sequence i, lᵢ)`. Projections
     /// and MLPs run once over all rows (the weights are streamed once per step);
     /// attention runs per sequence on its own cache and positions, so each sequence
-    /// sees exactly what it would see alone — no padding, no cross-talk.
+    /// sees exactly what it would see alone — no padding, no cross-talk. With tensor
+    /// parallelism every rank runs its shard on its own thread in lockstep.
     pub fn forward_ragged(
         &self,
         x: &Tensor,
@@ -164,21 +202,64 @@ impl Llama {
     ) -> Result<Tensor> {
         let rows: usize = segments.iter().map(|(_, l)| *l).sum();
         if rows != x.dim(0)? {
-            return Err(crate::error::ModelError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "ragged batch: {} rows for segments totalling {rows}",
                 x.dim(0)?
             )));
         }
         for (cache, l) in segments.iter() {
-            if cache.len + l > self.max_positions() {
-                return Err(crate::error::ModelError::Input(format!(
+            if cache.len + l > self.max_positions {
+                return Err(ModelError::Input(format!(
                     "sequence of {} positions exceeds max_position_embeddings {}",
                     cache.len + l,
-                    self.max_positions()
+                    self.max_positions
                 )));
             }
         }
-        let mut h = x.clone();
+        let world = self.ranks.len();
+        let mut per_rank: Vec<Vec<RankSegment>> = (0..world).map(|_| Vec::new()).collect();
+        for (cache, l) in segments.iter_mut() {
+            let offset = cache.len;
+            for (r, bufs) in cache.ranks.iter_mut().enumerate() {
+                per_rank[r].push((bufs, offset, *l));
+            }
+        }
+        let h = if world == 1 {
+            self.ranks[0].forward(x, &mut per_rank[0])?
+        } else {
+            std::thread::scope(|s| {
+                let mut it = per_rank.into_iter().zip(&self.ranks);
+                let (mut seg0, rank0) = it.next().expect("rank 0");
+                let handles: Vec<_> = it
+                    .map(|(mut seg, rank)| s.spawn(move || rank.forward(x, &mut seg)))
+                    .collect();
+                let h0 = rank0.forward(x, &mut seg0);
+                for h in handles {
+                    h.join()
+                        .map_err(|_| ModelError::Input("tensor-parallel rank panicked".into()))??;
+                }
+                h0
+            })?
+        };
+        for (cache, l) in segments.iter_mut() {
+            cache.len += *l;
+        }
+        self.norm.forward(&h.to_device(self.embed.device())?)
+    }
+
+    /// Hidden states → vocabulary logits (f32).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+}
+
+impl RankLayers {
+    fn forward(&self, x: &Tensor, segments: &mut [RankSegment]) -> Result<Tensor> {
+        let mut h = x.to_device(&self.device)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let a =
                 layer
@@ -190,19 +271,7 @@ impl Llama {
             let g = (silu(&m.gate.forward(&n)?)? * m.up.forward(&n)?)?;
             h = (h + m.down.forward(&g)?)?;
         }
-        for (cache, l) in segments.iter_mut() {
-            cache.len += *l;
-        }
-        self.norm.forward(&h)
-    }
-
-    /// Hidden states → vocabulary logits (f32).
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
+        Ok(h)
     }
 }
 
@@ -228,7 +297,7 @@ impl Attention {
         &self,
         x: &Tensor,
         layer: usize,
-        segments: &mut [(&mut KvCache, usize)],
+        segments: &mut [RankSegment],
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
@@ -238,9 +307,8 @@ impl Attention {
         let v_all = self.v.forward(x)?;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
-        for (cache, l) in segments.iter_mut() {
-            let l = *l;
-            let offset = cache.len;
+        for (bufs, offset, l) in segments.iter_mut() {
+            let (l, offset) = (*l, *offset);
             let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
                 Ok(t.narrow(0, row, l)?
                     .reshape((l, n, d))?
@@ -253,7 +321,7 @@ impl Attention {
             let k =
                 candle_nn::rotary_emb::rope(&heads(&k_all, self.kv_heads)?, &c, &s)?.squeeze(0)?;
             let v = heads(&v_all, self.kv_heads)?.squeeze(0)?;
-            let (k, v) = cache.layers[layer].append(&k, &v)?;
+            let (k, v) = bufs[layer].append(&k, &v)?;
             let rep = self.heads / self.kv_heads;
             let (k, v) = if rep > 1 {
                 (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)

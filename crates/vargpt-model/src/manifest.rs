@@ -299,8 +299,8 @@ fn encoder_specs(b: &mut Builder, p: &str, ch: usize, cv: usize) {
     let levels = VAE_CH_MULT.len();
     b.conv(&format!("{p}.conv_in"), ch, 3, 3, false);
     let mut block_in = ch;
-    for lvl in 0..levels {
-        let block_out = ch * VAE_CH_MULT[lvl];
+    for (lvl, mult) in VAE_CH_MULT.iter().enumerate() {
+        let block_out = ch * mult;
         for j in 0..VAE_NUM_RES_BLOCKS {
             b.resnet(
                 &format!("{p}.down.{lvl}.block.{j}"),

@@ -5,6 +5,7 @@ use crate::config::VargptConfig;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::projector::Mlp2;
+use crate::tp::Shard;
 use crate::var::Var;
 use crate::vqvae::Vqvae;
 use crate::weights::{Vb, Weights};
@@ -27,6 +28,16 @@ pub struct VargptModel {
 
 impl VargptModel {
     pub fn load(weights: &Weights, config: &VargptConfig) -> Result<Self> {
+        Self::load_sharded(weights, config, &[Shard::single(weights.device().clone())])
+    }
+
+    /// Loads with the LLaMA and VAR blocks split over tensor-parallel `shards`
+    /// (rank 0 first; the replicated parts live on rank 0's device).
+    pub fn load_sharded(
+        weights: &Weights,
+        config: &VargptConfig,
+        shards: &[Shard],
+    ) -> Result<Self> {
         let vb = Vb::root(weights);
         let var_cfg = config.var();
         Ok(Self {
@@ -37,8 +48,8 @@ impl VargptModel {
                 config.vision_feature_select_strategy == "default",
             )?,
             projector: Mlp2::llava(&vb.pp("multi_modal_projector"))?,
-            llm: Llama::load(&vb.pp("language_model"), &config.text_config)?,
-            var: Var::load(&vb.pp("vargpt_gen"), &var_cfg)?,
+            llm: Llama::load(&vb.pp("language_model"), &config.text_config, shards)?,
+            var: Var::load(&vb.pp("vargpt_gen"), &var_cfg, shards)?,
             vqvae: Vqvae::load(&vb.pp("vae_local"), &var_cfg)?,
             gen_in: Mlp2::gen_patch_merger(&vb.pp("image_gen_projector"))?,
             gen_out: Mlp2::gen_patch_merger(&vb.pp("image_gen_projector_out"))?,

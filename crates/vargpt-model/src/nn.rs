@@ -1,6 +1,7 @@
 //! Small building blocks shared by the components: linear layers, norms, activations.
 
 use crate::error::Result;
+use crate::tp::Shard;
 use crate::weights::Vb;
 use candle_core::{DType, Module, Tensor, D};
 
@@ -41,6 +42,70 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+impl Linear {
+    /// Column-parallel: this rank's slice of the output features (weight rows, bias).
+    pub fn load_column(vb: &Vb, bias: bool, shard: &Shard) -> Result<Self> {
+        if shard.world == 1 {
+            return Self::load(vb, bias);
+        }
+        let out = vb.weights().shape_of(&vb.name("weight"))?[0];
+        let (start, len) = shard.range(out);
+        Self::load_rows(vb, bias, &[(start, len)])
+    }
+
+    /// The rows in `ranges` (e.g. one head range in each of a fused q/k/v), concatenated.
+    pub fn load_rows(vb: &Vb, bias: bool, ranges: &[(usize, usize)]) -> Result<Self> {
+        let pick = |leaf: &str| -> Result<Tensor> {
+            let parts = ranges
+                .iter()
+                .map(|&(s, l)| vb.get_narrow(leaf, 0, s, l))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(if parts.len() == 1 {
+                parts.into_iter().next().expect("one")
+            } else {
+                Tensor::cat(&parts, 0)?
+            })
+        };
+        let weight = pick("weight")?;
+        let bias = if bias { Some(pick("bias")?) } else { None };
+        Ok(Self { weight, bias })
+    }
+}
+
+/// Row-parallel linear: this rank's slice of the input features; partial products
+/// are summed across ranks, then the (replicated) bias is added once.
+#[derive(Debug, Clone)]
+pub struct RowParallel {
+    inner: Linear,
+    bias: Option<Tensor>,
+    shard: Shard,
+}
+
+impl RowParallel {
+    pub fn load(vb: &Vb, bias: bool, shard: &Shard) -> Result<Self> {
+        let weight = if shard.world == 1 {
+            vb.get("weight")?
+        } else {
+            let inp = vb.weights().shape_of(&vb.name("weight"))?[1];
+            let (start, len) = shard.range(inp);
+            vb.get_narrow("weight", 1, start, len)?
+        };
+        let bias = if bias { Some(vb.get("bias")?) } else { None };
+        Ok(Self {
+            inner: Linear::new(weight, None),
+            bias,
+            shard: shard.clone(),
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.shard.all_reduce(&self.inner.forward(x)?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 }
 

@@ -3,39 +3,54 @@
 //! embeddings that build each stage's input tokens.
 
 use crate::config::VarConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
-use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear};
+use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear, RowParallel};
+use crate::tp::{check_divisible, Shard};
 use crate::weights::Vb;
-use candle_core::{DType, IndexOp, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 /// `exp(min(s, ln 100))`: the per-head multiplier's cap.
 const MAX_SCALE_MUL: f64 = 4.605_170_249_938_965;
 
-/// Keys/values of every block for one sequence (one CFG branch of one image);
-/// the keys are stored L2-normalised.
+/// Keys/values of every block for one sequence (one CFG branch of one image), per
+/// tensor-parallel rank; the keys are stored L2-normalised.
 #[derive(Debug, Default)]
 pub struct VarCache {
-    blocks: Vec<KvBuffer>,
+    ranks: Vec<Vec<KvBuffer>>,
 }
 
 impl VarCache {
     pub fn len(&self) -> usize {
-        self.blocks.first().map(|b| b.len()).unwrap_or(0)
+        self.ranks
+            .first()
+            .and_then(|r| r.first())
+            .map(|b| b.len())
+            .unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// One rank's view of a sequence in a ragged step: its block caches and new length.
+type RankSegment<'c> = (&'c mut Vec<KvBuffer>, usize);
+
+/// The blocks as held by one tensor-parallel rank.
+struct RankBlocks {
+    blocks: Vec<Block>,
+    device: Device,
+}
+
 struct Block {
     ada_lin: Linear,
-    mat_qkv: Tensor,
-    qkv_bias: Tensor,
+    /// This rank's heads of the fused q/k/v projection (bias: q_bias, 0, v_bias).
+    qkv: Linear,
     scale_mul: Tensor,
-    proj: Linear,
+    proj: RowParallel,
     fc1: Linear,
-    fc2: Linear,
+    fc2: RowParallel,
+    /// Heads held by this rank.
     heads: usize,
 }
 
@@ -44,7 +59,7 @@ pub struct Var {
     class_emb: Tensor,
     pos_start: Tensor,
     lvl_pos: Tensor,
-    blocks: Vec<Block>,
+    ranks: Vec<RankBlocks>,
     head_nm_ada: Linear,
     head: Linear,
     ln: LayerNorm,
@@ -52,30 +67,50 @@ pub struct Var {
 }
 
 impl Var {
-    pub fn load(vb: &Vb, cfg: &VarConfig) -> Result<Self> {
+    /// Loads the VAR head; blocks are sharded over `shards` (heads, FFN units), the
+    /// embeddings, AdaLN projections and the head are replicated.
+    pub fn load(vb: &Vb, cfg: &VarConfig, shards: &[Shard]) -> Result<Self> {
         let c = cfg.width();
-        let mut blocks = Vec::with_capacity(cfg.depth);
-        for i in 0..cfg.depth {
-            let b = vb.pp("blocks").pp(i);
-            let a = b.pp("attn");
-            let q_bias = a.get("q_bias")?;
-            let v_bias = a.get("v_bias")?;
-            let qkv_bias = Tensor::cat(&[&q_bias, &q_bias.zeros_like()?, &v_bias], 0)?;
-            let scale_mul = a
-                .get_f32("scale_mul_1H11")?
-                .clamp(f64::NEG_INFINITY, MAX_SCALE_MUL)?
-                .exp()?
-                .reshape((cfg.heads(), 1, 1))?
-                .to_dtype(vb.dtype())?;
-            blocks.push(Block {
-                ada_lin: Linear::load(&b.pp("ada_lin.1"), true)?,
-                mat_qkv: a.get("mat_qkv.weight")?,
-                qkv_bias,
-                scale_mul,
-                proj: Linear::load(&a.pp("proj"), true)?,
-                fc1: Linear::load(&b.pp("ffn.fc1"), true)?,
-                fc2: Linear::load(&b.pp("ffn.fc2"), true)?,
-                heads: cfg.heads(),
+        let world = shards.len();
+        check_divisible("var depth (VAR heads)", cfg.heads(), world).map_err(ModelError::Input)?;
+        let mut ranks = Vec::with_capacity(world);
+        for shard in shards {
+            let root = Vb::root_on(vb.weights(), shard.device.clone()).pp(vb.name("blocks"));
+            let (h0, hn) = shard.range(cfg.heads());
+            let d = c / cfg.heads();
+            let mut blocks = Vec::with_capacity(cfg.depth);
+            for i in 0..cfg.depth {
+                let b = root.pp(i);
+                let a = b.pp("attn");
+                let (q0, qn) = (h0 * d, hn * d);
+                let qkv_w = Linear::load_rows(
+                    &a.pp("mat_qkv"),
+                    false,
+                    &[(q0, qn), (c + q0, qn), (2 * c + q0, qn)],
+                )?;
+                let q_bias = a.get_narrow("q_bias", 0, q0, qn)?;
+                let v_bias = a.get_narrow("v_bias", 0, q0, qn)?;
+                let qkv_bias = Tensor::cat(&[&q_bias, &q_bias.zeros_like()?, &v_bias], 0)?;
+                let scale_mul = a
+                    .get_f32("scale_mul_1H11")?
+                    .clamp(f64::NEG_INFINITY, MAX_SCALE_MUL)?
+                    .exp()?
+                    .reshape((cfg.heads(), 1, 1))?
+                    .narrow(0, h0, hn)?
+                    .to_dtype(vb.dtype())?;
+                blocks.push(Block {
+                    ada_lin: Linear::load(&b.pp("ada_lin.1"), true)?,
+                    qkv: Linear::new(qkv_w.weight().clone(), Some(qkv_bias)),
+                    scale_mul,
+                    proj: RowParallel::load(&a.pp("proj"), true, shard)?,
+                    fc1: Linear::load_column(&b.pp("ffn.fc1"), true, shard)?,
+                    fc2: RowParallel::load(&b.pp("ffn.fc2"), true, shard)?,
+                    heads: hn,
+                });
+            }
+            ranks.push(RankBlocks {
+                blocks,
+                device: shard.device.clone(),
             });
         }
         // lvl_pos[j] = lvl_embed[stage(j)] + pos_1LC[j]; lvl_1L is recomputed from patch_nums.
@@ -88,13 +123,12 @@ impl Var {
         let lvl = Tensor::new(lvl, vb.device())?;
         let lvl_embed = vb.get("lvl_embed.weight")?;
         let lvl_pos = (lvl_embed.index_select(&lvl, 0)? + vb.get("pos_1LC")?.i(0)?)?;
-        let _ = c;
         Ok(Self {
             word_embed: Linear::load(&vb.pp("word_embed"), true)?,
             class_emb: vb.get("class_emb.weight")?,
             pos_start: vb.get("pos_start")?,
             lvl_pos,
-            blocks,
+            ranks,
             head_nm_ada: Linear::load(&vb.pp("head_nm.ada_lin.1"), true)?,
             head: Linear::load(&vb.pp("head"), true)?,
             ln: LayerNorm::plain(1e-6),
@@ -107,9 +141,10 @@ impl Var {
     }
 
     pub fn new_cache(&self) -> VarCache {
+        let depth = self.ranks[0].blocks.len();
         VarCache {
-            blocks: (0..self.blocks.len())
-                .map(|_| KvBuffer::default())
+            ranks: (0..self.ranks.len())
+                .map(|_| (0..depth).map(|_| KvBuffer::default()).collect())
                 .collect(),
         }
     }
@@ -153,10 +188,33 @@ impl Var {
         segments: &mut [(&mut VarCache, usize)],
     ) -> Result<Tensor> {
         let sc = silu(cond)?;
-        let mut x = x.clone();
-        for (bi, blk) in self.blocks.iter().enumerate() {
-            x = blk.forward(&x, &sc, &self.ln, bi, segments)?;
+        let world = self.ranks.len();
+        let mut per_rank: Vec<Vec<RankSegment>> = (0..world).map(|_| Vec::new()).collect();
+        for (cache, l) in segments.iter_mut() {
+            for (r, bufs) in cache.ranks.iter_mut().enumerate() {
+                per_rank[r].push((bufs, *l));
+            }
         }
+        let x = if world == 1 {
+            self.ranks[0].forward(x, &sc, &self.ln, &mut per_rank[0])?
+        } else {
+            std::thread::scope(|s| {
+                let mut it = per_rank.into_iter().zip(&self.ranks);
+                let (mut seg0, rank0) = it.next().expect("rank 0");
+                let sc = &sc;
+                let ln = &self.ln;
+                let handles: Vec<_> = it
+                    .map(|(mut seg, rank)| s.spawn(move || rank.forward(x, sc, ln, &mut seg)))
+                    .collect();
+                let x0 = rank0.forward(x, sc, ln, &mut seg0);
+                for h in handles {
+                    h.join()
+                        .map_err(|_| ModelError::Input("tensor-parallel rank panicked".into()))??;
+                }
+                x0
+            })?
+        };
+        let x = x.to_device(self.class_emb.device())?;
         let c = x.dim(D::Minus1)?;
         let a = self.head_nm_ada.forward(&sc)?; // [1, 2C]
         let scale = a.narrow(D::Minus1, 0, c)?;
@@ -170,6 +228,23 @@ impl Var {
     }
 }
 
+impl RankBlocks {
+    fn forward(
+        &self,
+        x: &Tensor,
+        silu_cond: &Tensor,
+        ln: &LayerNorm,
+        segments: &mut [RankSegment],
+    ) -> Result<Tensor> {
+        let mut x = x.to_device(&self.device)?;
+        let sc = silu_cond.to_device(&self.device)?;
+        for (bi, blk) in self.blocks.iter().enumerate() {
+            x = blk.forward(&x, &sc, ln, bi, segments)?;
+        }
+        Ok(x)
+    }
+}
+
 impl Block {
     fn forward(
         &self,
@@ -177,7 +252,7 @@ impl Block {
         silu_cond: &Tensor,
         ln: &LayerNorm,
         block: usize,
-        segments: &mut [(&mut VarCache, usize)],
+        segments: &mut [RankSegment],
     ) -> Result<Tensor> {
         let c = x.dim(D::Minus1)?;
         // Chunk order: gamma1, gamma2, scale1, scale2, shift1, shift2.
@@ -204,19 +279,14 @@ impl Block {
         Ok((x + f.broadcast_mul(&g2)?)?)
     }
 
-    fn attention(
-        &self,
-        y: &Tensor,
-        block: usize,
-        segments: &mut [(&mut VarCache, usize)],
-    ) -> Result<Tensor> {
-        let c = y.dim(1)?;
+    fn attention(&self, y: &Tensor, block: usize, segments: &mut [RankSegment]) -> Result<Tensor> {
         let h = self.heads;
+        let qkv = self.qkv.forward(y)?;
+        let c = qkv.dim(1)? / 3; // this rank's share of the width
         let d = c / h;
-        let qkv = Linear::new(self.mat_qkv.clone(), Some(self.qkv_bias.clone())).forward(y)?;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
-        for (cache, l) in segments.iter_mut() {
+        for (bufs, l) in segments.iter_mut() {
             let l = *l;
             let part = qkv
                 .narrow(0, row, l)?
@@ -225,7 +295,7 @@ impl Block {
             let q = l2_normalize(&part.i(0)?)?.broadcast_mul(&self.scale_mul)?;
             let k = l2_normalize(&part.i(1)?)?;
             let v = part.i(2)?.contiguous()?;
-            let (k, v) = cache.blocks[block].append(&k, &v)?;
+            let (k, v) = bufs[block].append(&k, &v)?;
             let p = softmax_last(&q.contiguous()?.matmul(&k.transpose(1, 2)?)?)?;
             outs.push(p.matmul(&v)?.transpose(0, 1)?.reshape((l, c))?);
             row += l;

@@ -156,6 +156,11 @@ impl Weights {
 
     /// Loads `name` converted to `dtype` (e.g. f32 for tensors kept in full precision).
     pub fn get_as(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        self.get_on(name, dtype, &self.device)
+    }
+
+    /// Loads `name` as `dtype` onto `device` (tensor-parallel ranks each have their own).
+    pub fn get_on(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         if !self.specs.contains_key(name) {
             return Err(ModelError::UnknownTensor { name: name.into() });
         }
@@ -165,11 +170,18 @@ impl Weights {
             }
             other => ModelError::Checkpoint(format!("{name}: {other}")),
         })?;
-        Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 
     /// Loads rows/columns `[start, start+len)` of `name` along `dim` (tensor-parallel shards).
-    pub fn get_narrow(&self, name: &str, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+    pub fn get_narrow(
+        &self,
+        name: &str,
+        dim: usize,
+        start: usize,
+        len: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
         let view = self
             .st
             .get(name)
@@ -205,7 +217,16 @@ impl Weights {
                 .narrow(dim, start, len)?
                 .contiguous()?
         };
-        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+        Ok(t.to_dtype(self.dtype)?.to_device(device)?)
+    }
+
+    /// Stored shape of `name`.
+    pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let view = self
+            .st
+            .get(name)
+            .map_err(|_| ModelError::MissingTensor { name: name.into() })?;
+        Ok(view.shape().to_vec())
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -213,24 +234,31 @@ impl Weights {
     }
 }
 
-/// A view of [`Weights`] under a name prefix, in the style of candle's `VarBuilder`.
+/// A view of [`Weights`] under a name prefix, in the style of candle's `VarBuilder`,
+/// loading onto one device (a tensor-parallel rank's).
 #[derive(Clone)]
 pub struct Vb<'a> {
     weights: &'a Weights,
     prefix: String,
+    device: Device,
 }
 
 impl<'a> Vb<'a> {
     pub fn root(weights: &'a Weights) -> Self {
+        Self::root_on(weights, weights.device().clone())
+    }
+    pub fn root_on(weights: &'a Weights, device: Device) -> Self {
         Self {
             weights,
             prefix: String::new(),
+            device,
         }
     }
     pub fn pp(&self, s: impl std::fmt::Display) -> Self {
         Self {
             weights: self.weights,
             prefix: self.name(&s.to_string()),
+            device: self.device.clone(),
         }
     }
     pub fn name(&self, leaf: &str) -> String {
@@ -241,11 +269,18 @@ impl<'a> Vb<'a> {
         }
     }
     pub fn get(&self, leaf: &str) -> Result<Tensor> {
-        self.weights.get(&self.name(leaf))
+        self.weights
+            .get_on(&self.name(leaf), self.weights.dtype(), &self.device)
     }
     /// Loads in f32 whatever the compute dtype (small tensors that need full precision).
     pub fn get_f32(&self, leaf: &str) -> Result<Tensor> {
-        self.weights.get_as(&self.name(leaf), DType::F32)
+        self.weights
+            .get_on(&self.name(leaf), DType::F32, &self.device)
+    }
+    /// Rows/columns `[start, start+len)` along `dim` of `leaf`.
+    pub fn get_narrow(&self, leaf: &str, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.weights
+            .get_narrow(&self.name(leaf), dim, start, len, &self.device)
     }
     pub fn weights(&self) -> &'a Weights {
         self.weights
@@ -254,6 +289,6 @@ impl<'a> Vb<'a> {
         self.weights.dtype()
     }
     pub fn device(&self) -> &Device {
-        self.weights.device()
+        &self.device
     }
 }

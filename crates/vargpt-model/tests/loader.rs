@@ -328,7 +328,8 @@ fn bad_configs_are_clear_errors() {
     let base: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
             .unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "num_attention_heads",
             Box::new(|c| c["vision_config"]["num_attention_heads"] = 5.into()),

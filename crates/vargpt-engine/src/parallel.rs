@@ -1,0 +1,63 @@
+//! Building the tensor-parallel ranks of an engine: one shard per device, connected
+//! by NCCL on GPUs (feature `nccl`) or by the in-process thread communicator.
+
+use crate::engine::LoadOptions;
+use crate::error::EngineError;
+use candle_core::Device;
+use std::sync::Arc;
+use vargpt_model::tp::{Communicator, Shard, ThreadComm};
+
+/// The shards for `opts.tp` ranks; rank 0 uses `first`.
+pub fn shards(opts: &LoadOptions, first: &Device) -> Result<Vec<Shard>, EngineError> {
+    let tp = opts.tp.max(1);
+    if tp == 1 {
+        return Ok(vec![Shard::single(first.clone())]);
+    }
+    let devices: Vec<Device> = if first.is_cpu() {
+        vec![Device::Cpu; tp]
+    } else {
+        let ordinals: Vec<usize> = if opts.devices.is_empty() {
+            let base = opts.cuda_device.unwrap_or(0);
+            (base..base + tp).collect()
+        } else {
+            opts.devices.clone()
+        };
+        if ordinals.len() != tp {
+            return Err(EngineError::Load(format!(
+                "--tp {tp} needs {tp} devices, {} listed",
+                ordinals.len()
+            )));
+        }
+        ordinals
+            .iter()
+            .map(|&i| {
+                Device::new_cuda(i).map_err(|e| {
+                    EngineError::Load(format!(
+                        "--tp {tp}: GPU {i} is not available ({e}); fewer devices than asked"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let comms = communicators(&devices)?;
+    Ok(comms
+        .into_iter()
+        .zip(devices)
+        .map(|(c, d)| Shard::new(c, d))
+        .collect())
+}
+
+#[cfg(feature = "nccl")]
+fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, EngineError> {
+    if devices.iter().all(|d| d.is_cuda()) {
+        return vargpt_model::tp_nccl::NcclComm::group(devices)
+            .map_err(|e| EngineError::Load(format!("nccl: {e}")));
+    }
+    Ok(ThreadComm::group(devices.len()))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, EngineError> {
+    // Without NCCL the thread communicator also works across GPUs (through host memory).
+    Ok(ThreadComm::group(devices.len()))
+}
