@@ -4,6 +4,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod conv;
 pub mod error;
 pub mod kv;
 pub mod llama;
@@ -12,6 +13,7 @@ pub mod model;
 pub mod model_dir;
 pub mod nn;
 pub mod projector;
+pub mod store;
 pub mod text;
 pub mod tp;
 #[cfg(feature = "nccl")]

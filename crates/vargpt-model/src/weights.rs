@@ -8,13 +8,13 @@
 
 use crate::error::{ModelError, Result};
 use crate::manifest::TensorSpec;
-use candle_core::safetensors::MmapedSafetensors;
+use crate::store::Store;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub struct Weights {
-    st: MmapedSafetensors,
+    st: Store,
     specs: HashMap<String, TensorSpec>,
     dtype: DType,
     device: Device,
@@ -83,41 +83,38 @@ impl Weights {
                 )));
             }
         }
-        // SAFETY: the files are opened read-only; like every mmap-based loader we
-        // rely on nobody truncating the checkpoint while the process runs.
-        let st = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| ModelError::Checkpoint(e.to_string()))?;
+        let st = Store::open(&files)?;
         let specs: HashMap<String, TensorSpec> =
             specs.into_iter().map(|s| (s.name.clone(), s)).collect();
         let mut stored_bytes = 0;
         let mut present = BTreeSet::new();
-        for (name, view) in st.tensors() {
+        for (name, entry) in st.entries() {
             let spec = specs
-                .get(&name)
+                .get(name)
                 .ok_or_else(|| ModelError::UnknownTensor { name: name.clone() })?;
-            if view.shape() != spec.shape.as_slice() {
+            if entry.shape != spec.shape {
                 return Err(ModelError::ShapeMismatch {
-                    name,
+                    name: name.clone(),
                     expected: spec.shape.clone(),
-                    found: view.shape().to_vec(),
+                    found: entry.shape.clone(),
                 });
             }
             let ok = if spec.integer {
                 matches!(
-                    view.dtype(),
+                    entry.dtype,
                     safetensors::Dtype::I64 | safetensors::Dtype::I32
                 )
             } else {
-                is_float(view.dtype())
+                is_float(entry.dtype)
             };
             if !ok {
                 return Err(ModelError::BadDtype {
-                    name,
-                    dtype: format!("{:?}", view.dtype()),
+                    name: name.clone(),
+                    dtype: format!("{:?}", entry.dtype),
                 });
             }
-            stored_bytes += view.data().len();
-            present.insert(name);
+            stored_bytes += entry.len_bytes();
+            present.insert(name.clone());
         }
         let mut missing: Vec<&String> = specs
             .values()
@@ -164,12 +161,7 @@ impl Weights {
         if !self.specs.contains_key(name) {
             return Err(ModelError::UnknownTensor { name: name.into() });
         }
-        let t = self.st.load(name, &Device::Cpu).map_err(|e| match e {
-            candle_core::Error::CannotFindTensor { .. } => {
-                ModelError::MissingTensor { name: name.into() }
-            }
-            other => ModelError::Checkpoint(format!("{name}: {other}")),
-        })?;
+        let t = self.st.load(name, None)?;
         Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 
@@ -182,38 +174,19 @@ impl Weights {
         len: usize,
         device: &Device,
     ) -> Result<Tensor> {
-        let view = self
-            .st
-            .get(name)
-            .map_err(|_| ModelError::MissingTensor { name: name.into() })?;
-        let shape = view.shape().to_vec();
+        let shape = self.st.entry(name)?.shape.clone();
         if dim >= shape.len() || start + len > shape[dim] {
             return Err(ModelError::Checkpoint(format!(
                 "{name}: slice {start}..{} of dim {dim} out of range {shape:?}",
                 start + len
             )));
         }
-        // Only the slice's bytes are touched, so each rank reads its own part of the mmap.
+        // Rows of dim 0 are read alone, so each rank touches only its part of the file.
         let t = if dim == 0 {
-            let row: usize = shape[1..].iter().product::<usize>() * (view.dtype().bitsize() / 8);
-            let bytes = &view.data()[start * row..(start + len) * row];
-            let mut s = shape.clone();
-            s[0] = len;
-            let dt = match view.dtype() {
-                safetensors::Dtype::F32 => DType::F32,
-                safetensors::Dtype::F16 => DType::F16,
-                safetensors::Dtype::BF16 => DType::BF16,
-                other => {
-                    return Err(ModelError::BadDtype {
-                        name: name.into(),
-                        dtype: format!("{other:?}"),
-                    })
-                }
-            };
-            Tensor::from_raw_buffer(bytes, dt, &s, &Device::Cpu)?
+            self.st.load(name, Some((start, len)))?
         } else {
             self.st
-                .load(name, &Device::Cpu)?
+                .load(name, None)?
                 .narrow(dim, start, len)?
                 .contiguous()?
         };
@@ -222,15 +195,11 @@ impl Weights {
 
     /// Stored shape of `name`.
     pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        let view = self
-            .st
-            .get(name)
-            .map_err(|_| ModelError::MissingTensor { name: name.into() })?;
-        Ok(view.shape().to_vec())
+        Ok(self.st.entry(name)?.shape.clone())
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.st.get(name).is_ok()
+        self.st.entry(name).is_ok()
     }
 }
 
