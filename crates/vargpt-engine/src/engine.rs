@@ -111,13 +111,19 @@ impl Engine {
         )?;
         let files = ModelFiles::open(&dir).map_err(|e| EngineError::Load(e.to_string()))?;
         let device = select_device(opts.devices.first().copied().or(opts.cuda_device))?;
-        let dtype = match &opts.dtype {
-            Some(s) => parse_dtype(s)?,
-            None if device.is_cpu() => DType::F32,
-            None => DType::BF16,
+        // On CPU a half-precision choice applies to the linear-layer weights only:
+        // activations stay f32 (candle has no fast CPU path for f16/bf16 arithmetic,
+        // while the decode kernels widen half weights in registers for free).
+        let requested = opts.dtype.as_deref().map(parse_dtype).transpose()?;
+        let (dtype, linear_dtype) = match (requested, device.is_cpu()) {
+            (None, true) => (DType::F32, DType::F32),
+            (None, false) => (DType::BF16, DType::BF16),
+            (Some(d), true) => (DType::F32, d),
+            (Some(d), false) => (d, d),
         };
-        let weights = Weights::open(&dir, expected_tensors(&files.config), dtype, &device)
+        let mut weights = Weights::open(&dir, expected_tensors(&files.config), dtype, &device)
             .map_err(|e| EngineError::Load(e.to_string()))?;
+        weights.set_linear_dtype(linear_dtype);
         let shards = crate::parallel::shards(opts, &device)?;
         let model = VargptModel::load_sharded(&weights, &files.config, &shards)
             .map_err(|e| EngineError::Load(e.to_string()))?;

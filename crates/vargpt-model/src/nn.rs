@@ -17,7 +17,7 @@ impl Linear {
         Self { weight, bias }
     }
     pub fn load(vb: &Vb, bias: bool) -> Result<Self> {
-        let weight = vb.get("weight")?;
+        let weight = vb.get_linear("weight")?;
         let bias = if bias { Some(vb.get("bias")?) } else { None };
         Ok(Self { weight, bias })
     }
@@ -35,7 +35,14 @@ impl Linear {
         let in_f = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = match small_m_cpu(&x2, &self.weight)? {
+            Some(y) => y,
+            // Larger batches (prefill): candle's GEMM, on f32 weights.
+            None if self.weight.dtype() != x2.dtype() => {
+                x2.matmul(&self.weight.to_dtype(x2.dtype())?.t()?)?
+            }
+            None => x2.matmul(&self.weight.t()?)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -61,7 +68,13 @@ impl Linear {
         let pick = |leaf: &str| -> Result<Tensor> {
             let parts = ranges
                 .iter()
-                .map(|&(s, l)| vb.get_narrow(leaf, 0, s, l))
+                .map(|&(s, l)| {
+                    if leaf == "weight" {
+                        vb.get_narrow_linear(leaf, 0, s, l)
+                    } else {
+                        vb.get_narrow(leaf, 0, s, l)
+                    }
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(if parts.len() == 1 {
                 parts.into_iter().next().expect("one")
@@ -73,6 +86,40 @@ impl Linear {
         let bias = if bias { Some(pick("bias")?) } else { None };
         Ok(Self { weight, bias })
     }
+}
+
+/// Decode-sized products on CPU (≤ `SMALL_M_MAX` rows of f32 activations) go through
+/// the bandwidth-bound kernels of `vargpt-kernels`: every weight row is streamed once
+/// for all rows, f16/bf16 weights are widened in registers, and a row's result does
+/// not depend on how many other rows share the call (batch invariance).
+fn small_m_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    let (m, k) = x.dims2()?;
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || m == 0 || m > vargpt_kernels::SMALL_M_MAX
+    {
+        return Ok(None);
+    }
+    let n = w.dim(0)?;
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(wv)) = (&*xs, &*ws) else {
+        return Ok(None);
+    };
+    let xv = &xv[x0..x1];
+    let mut out = vec![0f32; m * n];
+    match wv {
+        CpuStorage::F32(v) => vargpt_kernels::gemm_small_m_f32(&v[w0..w1], xv, &mut out, m),
+        CpuStorage::F16(v) => vargpt_kernels::gemm_small_m_f16(&v[w0..w1], xv, &mut out, m),
+        CpuStorage::BF16(v) => vargpt_kernels::gemm_small_m_bf16(&v[w0..w1], xv, &mut out, m),
+        _ => return Ok(None),
+    }
+    debug_assert_eq!(w1 - w0, n * k);
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
 /// Row-parallel linear: this rank's slice of the input features; partial products
@@ -87,11 +134,11 @@ pub struct RowParallel {
 impl RowParallel {
     pub fn load(vb: &Vb, bias: bool, shard: &Shard) -> Result<Self> {
         let weight = if shard.world == 1 {
-            vb.get("weight")?
+            vb.get_linear("weight")?
         } else {
             let inp = vb.weights().shape_of(&vb.name("weight"))?[1];
             let (start, len) = shard.range(inp);
-            vb.get_narrow("weight", 1, start, len)?
+            vb.get_narrow_linear("weight", 1, start, len)?
         };
         let bias = if bias { Some(vb.get("bias")?) } else { None };
         Ok(Self {

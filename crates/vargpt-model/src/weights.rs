@@ -17,6 +17,9 @@ pub struct Weights {
     st: Store,
     specs: HashMap<String, TensorSpec>,
     dtype: DType,
+    /// Dtype of the big linear-layer weights; may differ from the compute dtype
+    /// (f16/bf16 weights with f32 activations on CPU halve the bytes streamed).
+    linear_dtype: DType,
     device: Device,
     /// Bytes of all stored tensors (for reporting and memory checks).
     stored_bytes: usize,
@@ -131,6 +134,7 @@ impl Weights {
             st,
             specs,
             dtype,
+            linear_dtype: dtype,
             device: device.clone(),
             stored_bytes,
         })
@@ -138,6 +142,13 @@ impl Weights {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    pub fn linear_dtype(&self) -> DType {
+        self.linear_dtype
+    }
+    /// Keeps linear-layer weights in `dtype` (the rest stays in the compute dtype).
+    pub fn set_linear_dtype(&mut self, dtype: DType) {
+        self.linear_dtype = dtype;
     }
     pub fn device(&self) -> &Device {
         &self.device
@@ -172,6 +183,7 @@ impl Weights {
         dim: usize,
         start: usize,
         len: usize,
+        dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
         let shape = self.st.entry(name)?.shape.clone();
@@ -190,7 +202,7 @@ impl Weights {
                 .narrow(dim, start, len)?
                 .contiguous()?
         };
-        Ok(t.to_dtype(self.dtype)?.to_device(device)?)
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
 
     /// Stored shape of `name`.
@@ -248,8 +260,36 @@ impl<'a> Vb<'a> {
     }
     /// Rows/columns `[start, start+len)` along `dim` of `leaf`.
     pub fn get_narrow(&self, leaf: &str, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.weights.get_narrow(
+            &self.name(leaf),
+            dim,
+            start,
+            len,
+            self.weights.dtype(),
+            &self.device,
+        )
+    }
+    /// Like [`Vb::get_narrow`], in the linear-weight dtype.
+    pub fn get_narrow_linear(
+        &self,
+        leaf: &str,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Tensor> {
+        self.weights.get_narrow(
+            &self.name(leaf),
+            dim,
+            start,
+            len,
+            self.weights.linear_dtype(),
+            &self.device,
+        )
+    }
+    /// A linear-layer weight, in the linear-weight dtype.
+    pub fn get_linear(&self, leaf: &str) -> Result<Tensor> {
         self.weights
-            .get_narrow(&self.name(leaf), dim, start, len, &self.device)
+            .get_on(&self.name(leaf), self.weights.linear_dtype(), &self.device)
     }
     pub fn weights(&self) -> &'a Weights {
         self.weights

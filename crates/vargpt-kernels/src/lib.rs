@@ -1,0 +1,440 @@
+//! Memory-bandwidth-oriented CPU kernels for the decode path of vargpt-rs.
+//!
+//! Everything here computes `out = x · Wᵀ` for a `Linear` weight `W` of shape
+//! `[n, k]` (row-major, the PyTorch / safetensors layout) and activations `x`
+//! of shape `[m, k]`, with `m` small (1 for a single decode step, up to ~16
+//! for a continuous-batching decode step):
+//!
+//! * [`gemv_f32`], [`gemv_f16`], [`gemv_bf16`]: `m = 1`, `out[i] = Σ_j W[i, j] x[j]`.
+//! * [`gemm_small_m_f32`], [`gemm_small_m_f16`], [`gemm_small_m_bf16`]: `m` rows of
+//!   `x` at once; every weight row is read from memory once for all `m` rows,
+//!   so a batch of 8 costs little more than a batch of 1 while the weights
+//!   dominate the traffic.
+//! * The generic [`gemv`] / [`gemm_small_m`] take an explicit [`Opts`] (thread
+//!   count, instruction set) and any [`Weight`] type.
+//!
+//! Activations and accumulation are always `f32`; `f16` / `bf16` weights are
+//! widened exactly to `f32` in registers (F16C `vcvtph2ps`, or a 16-bit shift
+//! for bf16), which halves the bytes streamed compared to `f32` weights.
+//!
+//! # Dispatch
+//! [`Isa::detect`] picks [`Isa::Avx2`] when the CPU has AVX2, FMA and F16C
+//! (checked once at run time with `is_x86_feature_detected!`), otherwise
+//! [`Isa::Scalar`], a portable implementation that compiles on every target.
+//! Asking for [`Isa::Avx2`] on a CPU without it silently uses the scalar path.
+//!
+//! # Threads
+//! Work is split over *output rows* only (chunks of 16 rows, handed out
+//! dynamically to the calling thread plus `threads - 1` workers of a small
+//! dedicated rayon pool). The default thread count is `VARGPT_THREADS` if set
+//! (read once), else `std::thread::available_parallelism()`. Problems smaller
+//! than [`PAR_MIN_BYTES`] of weights (scaled by `⌈m/4⌉`) run on the calling
+//! thread only.
+//!
+//! # Numerics and determinism
+//! Every output element is one dot product computed by one thread in a fixed
+//! order that depends only on `k` and the instruction set — not on `n`, `m`,
+//! the tile it lands in, the thread count, or the row chunking:
+//! eight lanes, lane `l` accumulating the products `j ≡ l (mod 8)` in
+//! increasing `j` (FMA on the AVX2 path, multiply-then-add on the scalar
+//! path; the `k mod 8` tail is zero-padded into one last 8-wide step), then
+//! the lanes summed as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+//! Consequently
+//! * results are bit-identical for any thread count, and
+//! * row `t` of a batched call is bit-identical to a [`gemv`] of that row
+//!   alone (batch invariance: continuous batching does not change outputs),
+//! * the AVX2 and scalar paths may differ in the last bits (FMA vs mul+add).
+//!
+//! Error bound (standard recursive-summation analysis, `u = 2⁻²⁴`,
+//! `γ(p) = p·u / (1 - p·u)`, `p = ⌈k/8⌉ + 4`), for weights taken as their exact
+//! `f32` value:
+//!
+//! `|out - exact| ≤ γ(⌈k/8⌉ + 4) · Σ_j |W[i, j]·x[j]|`
+//!
+//! i.e. ≤ 7.9e-6 · Σ|w·x| for k = 1024 and ≤ 3.1e-5 · Σ|w·x| for k = 4096. The
+//! observed error is far smaller (random-walk, ~1e-7 relative to Σ|w·x|); the
+//! tests check the bound above against an `f64` reference.
+
+#![warn(missing_docs)]
+
+use std::sync::OnceLock;
+
+pub use half::{bf16, f16};
+
+mod par;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Below this many bytes of weights, a call runs on the calling thread only:
+/// handing work to a pool thread that has gone to sleep costs ~10–20 µs on
+/// the 2-vCPU dev VM, about what a single core needs to stream 256 KiB.
+pub const PAR_MIN_BYTES: usize = 1024 * 1024;
+
+/// The largest `m` for which [`gemm_small_m`] is the intended kernel. Larger
+/// `m` still works (and is correct) but a packed, cache-blocked GEMM such as
+/// the `gemm` crate used by candle is faster for prefill-sized `m`.
+pub const SMALL_M_MAX: usize = 16;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightKind {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// A weight element type: `f32`, [`f16`] or [`bf16`].
+pub trait Weight: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// Short name for reports (`"f32"`, `"f16"`, `"bf16"`).
+    const NAME: &'static str;
+    #[doc(hidden)]
+    const KIND: WeightKind;
+    #[doc(hidden)]
+    const ZERO: Self;
+    /// Exact widening to `f32`.
+    fn to_f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    const NAME: &'static str = "f32";
+    const KIND: WeightKind = WeightKind::F32;
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for f16 {
+    const NAME: &'static str = "f16";
+    const KIND: WeightKind = WeightKind::F16;
+    const ZERO: Self = f16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        scalar::f16_bits_to_f32(self.to_bits())
+    }
+}
+
+impl Weight for bf16 {
+    const NAME: &'static str = "bf16";
+    const KIND: WeightKind = WeightKind::Bf16;
+    const ZERO: Self = bf16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
+/// Instruction set used by a kernel call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust (the compiler may still auto-vectorise it for the
+    /// target's baseline, e.g. SSE2 on x86_64).
+    Scalar,
+    /// x86_64 AVX2 + FMA + F16C (256-bit FMA, hardware f16→f32).
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set of this CPU (detected once).
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if Isa::Avx2.is_available() {
+                Isa::Avx2
+            } else {
+                Isa::Scalar
+            }
+        })
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => avx2_available(),
+        }
+    }
+
+    /// All instruction sets this CPU can run (for tests and benchmarks).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+/// Default thread count: `VARGPT_THREADS` (if set to a positive integer,
+/// read once) or else `std::thread::available_parallelism()`.
+pub fn default_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("VARGPT_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+    })
+}
+
+/// Options of a kernel call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opts {
+    /// Number of threads (the calling thread included); 0 or 1 = the calling
+    /// thread only. Values above [`default_threads`] are capped to the pool
+    /// size + 1 in effect but keep the same (deterministic) results.
+    pub threads: usize,
+    /// Instruction set; an unavailable one falls back to [`Isa::Scalar`].
+    pub isa: Isa,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            threads: default_threads(),
+            isa: Isa::detect(),
+        }
+    }
+}
+
+impl Opts {
+    /// Same options with another thread count.
+    pub fn with_threads(self, threads: usize) -> Self {
+        Opts { threads, ..self }
+    }
+
+    /// Same options with another instruction set.
+    pub fn with_isa(self, isa: Isa) -> Self {
+        Opts { isa, ..self }
+    }
+}
+
+/// `out[i] = Σ_j w[i·k + j] · x[j]` with `k = x.len()`, `n = out.len()`,
+/// `w.len() == n·k` (a `Linear` weight `[n, k]`, row-major), default [`Opts`].
+///
+/// # Panics
+/// If `w.len() != out.len() * x.len()`.
+pub fn gemv_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    gemv(&Opts::default(), w, x, out)
+}
+
+/// [`gemv_f32`] with `f16` weights (f32 activations and accumulation).
+pub fn gemv_f16(w: &[f16], x: &[f32], out: &mut [f32]) {
+    gemv(&Opts::default(), w, x, out)
+}
+
+/// [`gemv_f32`] with `bf16` weights (f32 activations and accumulation).
+pub fn gemv_bf16(w: &[bf16], x: &[f32], out: &mut [f32]) {
+    gemv(&Opts::default(), w, x, out)
+}
+
+/// `out[t·n + i] = Σ_j w[i·k + j] · x[t·k + j]` for `t < m`: `x` is `[m, k]`,
+/// `out` is `[m, n]`, `w` is `[n, k]` (so `k = x.len() / m`,
+/// `n = out.len() / m`). Each weight row is streamed from memory once for all
+/// `m` rows. Intended for `m ≤` [`SMALL_M_MAX`]; default [`Opts`].
+///
+/// # Panics
+/// If the slice lengths are inconsistent with `m` (`m = 0` requires empty `x`
+/// and `out`).
+pub fn gemm_small_m_f32(w: &[f32], x: &[f32], out: &mut [f32], m: usize) {
+    gemm_small_m(&Opts::default(), w, x, out, m)
+}
+
+/// [`gemm_small_m_f32`] with `f16` weights.
+pub fn gemm_small_m_f16(w: &[f16], x: &[f32], out: &mut [f32], m: usize) {
+    gemm_small_m(&Opts::default(), w, x, out, m)
+}
+
+/// [`gemm_small_m_f32`] with `bf16` weights.
+pub fn gemm_small_m_bf16(w: &[bf16], x: &[f32], out: &mut [f32], m: usize) {
+    gemm_small_m(&Opts::default(), w, x, out, m)
+}
+
+/// Generic GEMV (see [`gemv_f32`]) with explicit options.
+pub fn gemv<W: Weight>(opts: &Opts, w: &[W], x: &[f32], out: &mut [f32]) {
+    gemm_small_m(opts, w, x, out, 1)
+}
+
+/// Generic small-m GEMM (see [`gemm_small_m_f32`]) with explicit options.
+pub fn gemm_small_m<W: Weight>(opts: &Opts, w: &[W], x: &[f32], out: &mut [f32], m: usize) {
+    if m == 0 {
+        assert!(
+            x.is_empty() && out.is_empty(),
+            "gemm_small_m: m = 0 needs empty x and out"
+        );
+        return;
+    }
+    assert!(
+        x.len().is_multiple_of(m) && out.len().is_multiple_of(m),
+        "gemm_small_m: x.len() = {} and out.len() = {} must be multiples of m = {m}",
+        x.len(),
+        out.len()
+    );
+    let k = x.len() / m;
+    let n = out.len() / m;
+    assert_eq!(
+        w.len(),
+        n * k,
+        "gemm_small_m: w.len() must be n*k = {n}*{k} (out [m={m}, n], x [m, k])"
+    );
+    if n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let isa = if opts.isa.is_available() {
+        opts.isa
+    } else {
+        Isa::Scalar
+    };
+    // Work estimate for the threading decision: the weight bytes, scaled up
+    // once the batch makes the call compute-heavy.
+    let bytes = std::mem::size_of_val(w).saturating_mul(m.div_ceil(4));
+    let out_ptr = par::SendPtr(out.as_mut_ptr());
+    let run = |r0: usize, r1: usize| {
+        let out = out_ptr;
+        // SAFETY: `rows` writes only out[t*n + i] for t < m, r0 <= i < r1, and
+        // the row ranges handed out by `par::for_each_rows` are disjoint
+        // sub-ranges of 0..n; `out` has m*n elements and outlives the call.
+        unsafe { rows(isa, w, x, out.0, n, k, m, r0, r1) }
+    };
+    par::for_each_rows(n, bytes, opts.threads, &run);
+}
+
+/// Computes rows `r0..r1` of the output for all `m` tokens.
+///
+/// # Safety
+/// `out` must point to `m * n` writable `f32`s not accessed concurrently in
+/// the written positions; `w.len() == n * k`, `x.len() == m * k`,
+/// `r0 <= r1 <= n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<W: Weight>(
+    isa: Isa,
+    w: &[W],
+    x: &[f32],
+    out: *mut f32,
+    n: usize,
+    k: usize,
+    m: usize,
+    r0: usize,
+    r1: usize,
+) {
+    debug_assert!(r0 <= r1 && r1 <= n && w.len() == n * k && x.len() == m * k);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::rows(w.as_ptr(), x.as_ptr(), out, n, k, m, r0, r1),
+        _ => scalar::rows(w, x, out, n, k, m, r0, r1),
+    }
+}
+
+/// Reference implementation in `f64` (for tests and benchmarks): returns
+/// `out[t·n + i] = Σ_j w[i·k + j]·x[t·k + j]` and `Σ_j |w·x|` per element.
+pub fn reference_f64<W: Weight>(w: &[W], x: &[f32], m: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let k = x.len().checked_div(m).unwrap_or(0);
+    assert_eq!(w.len(), n * k);
+    let mut out = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for t in 0..m {
+        for i in 0..n {
+            let (mut s, mut a) = (0.0f64, 0.0f64);
+            for j in 0..k {
+                let p = w[i * k + j].to_f32() as f64 * x[t * k + j] as f64;
+                s += p;
+                a += p.abs();
+            }
+            out[t * n + i] = s;
+            mag[t * n + i] = a;
+        }
+    }
+    (out, mag)
+}
+
+/// The documented absolute error bound for one output element:
+/// `γ(⌈k/8⌉ + 4) · Σ|w·x|` with `u = 2⁻²⁴`.
+pub fn error_bound(k: usize, abs_sum: f64) -> f64 {
+    let p = k.div_ceil(8) as f64 + 4.0;
+    let u = (2.0f64).powi(-24);
+    p * u / (1.0 - p * u) * abs_sum
+}
+
+/// Widens `src` to `f32` into `dst` (exact), using the given instruction set
+/// (falls back to scalar if unavailable). Handy for converting weights once.
+///
+/// # Panics
+/// If `src.len() != dst.len()`.
+pub fn widen_to_f32<W: Weight>(isa: Isa, src: &[W], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_to_f32: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && isa.is_available() {
+        // SAFETY: AVX2/FMA/F16C checked above; equal lengths asserted.
+        unsafe { x86::widen(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
+        return;
+    }
+    let _ = isa;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Sum of all elements, split over threads like the kernels (a read-bandwidth
+/// probe for `kernel-bench`; not a numerically careful sum).
+#[doc(hidden)]
+pub fn sum_f32_probe(opts: &Opts, buf: &[f32]) -> f32 {
+    const ROW: usize = 8 * 1024;
+    let n = buf.len().div_ceil(ROW);
+    let partial: Vec<std::sync::atomic::AtomicU32> = (0..n.div_ceil(par::ROW_ALIGN))
+        .map(|_| Default::default())
+        .collect();
+    let isa = if opts.isa.is_available() {
+        opts.isa
+    } else {
+        Isa::Scalar
+    };
+    par::for_each_rows(n, buf.len() * 4, opts.threads, &|r0, r1| {
+        let s = &buf[r0 * ROW..(r1 * ROW).min(buf.len())];
+        let v = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 checked via `is_available`; `s` is a valid slice.
+            Isa::Avx2 => unsafe { x86::sum_f32(s.as_ptr(), s.len()) },
+            _ => s.iter().sum(),
+        };
+        partial[r0 / par::ROW_ALIGN].store(v.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    });
+    partial
+        .iter()
+        .map(|p| f32::from_bits(p.load(std::sync::atomic::Ordering::Relaxed)))
+        .sum()
+}
