@@ -351,3 +351,33 @@ fn scalar_f16_helper_matches_half() {
         ));
     }
 }
+
+#[test]
+fn concurrent_callers_share_the_pool() {
+    // Several threads calling parallel kernels at once (as engine workers
+    // might): every result must equal the single-threaded one, bit for bit.
+    let mut rng = Rng(50);
+    let (n, k) = (1500, 256);
+    let w = rng.vec(n * k);
+    let xs: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(3 * k)).collect();
+    let want: Vec<Vec<u32>> = xs
+        .iter()
+        .map(|x| {
+            let mut out = vec![0.0; 3 * n];
+            gemm_small_m(&Opts::default().with_threads(1), &w, x, &mut out, 3);
+            bits(&out)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (x, want) in xs.iter().zip(&want) {
+            let w = &w;
+            s.spawn(move || {
+                for threads in [2, 3, 2, 4, 2, 2, 3, 2] {
+                    let mut out = vec![0.0; 3 * n];
+                    gemm_small_m(&Opts::default().with_threads(threads), w, x, &mut out, 3);
+                    assert!(bits(&out) == *want);
+                }
+            });
+        }
+    });
+}

@@ -1,0 +1,248 @@
+//! Prometheus metrics. The names are a contract with the Grafana dashboard:
+//! do not rename them.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric of the worker, in its own registry (no process-global state,
+/// so tests can build several).
+pub struct Metrics {
+    registry: Registry,
+    pub jobs_total: IntCounterVec,
+    pub job_errors_total: IntCounterVec,
+    pub queue_wait_seconds: HistogramVec,
+    pub preprocess_seconds: HistogramVec,
+    pub inference_seconds: HistogramVec,
+    pub upload_seconds: Histogram,
+    pub job_duration_seconds: HistogramVec,
+    pub tokens_generated_total: IntCounterVec,
+    pub images_generated_total: IntCounter,
+    pub jobs_in_flight: IntGauge,
+    pub batch_size: Histogram,
+    pub engine_batch_size: Histogram,
+    pub model_load_seconds: Gauge,
+    pub build_info: GaugeVec,
+    pub ready: IntGauge,
+    pub job_retries_total: IntCounterVec,
+    pub dead_lettered_total: IntCounterVec,
+}
+
+/// Seconds, from 5 ms to 10 min: covers a tiny-model caption and a full-size
+/// 256×256 generation on CPU.
+const SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let upload_seconds = Histogram::with_opts(
+            HistogramOpts::new("vargpt_upload_seconds", "Time to store a generated image.")
+                .buckets(SECONDS.to_vec()),
+        )?;
+        r.register(Box::new(upload_seconds.clone()))?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "vargpt_batch_size",
+                "Jobs handed to the backend in one call.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
+        r.register(Box::new(batch_size.clone()))?;
+        let engine_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "vargpt_engine_batch_size",
+                "Sequences stepped together by the continuous batcher, per engine step.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
+        r.register(Box::new(engine_batch_size.clone()))?;
+        let images_generated_total = IntCounter::new(
+            "vargpt_images_generated_total",
+            "Images generated and stored.",
+        )?;
+        r.register(Box::new(images_generated_total.clone()))?;
+        let jobs_in_flight = IntGauge::new("vargpt_jobs_in_flight", "Jobs being processed now.")?;
+        r.register(Box::new(jobs_in_flight.clone()))?;
+        let model_load_seconds =
+            Gauge::new("vargpt_model_load_seconds", "Time the model took to load.")?;
+        r.register(Box::new(model_load_seconds.clone()))?;
+        let build_info = GaugeVec::new(
+            Opts::new(
+                "vargpt_build_info",
+                "Worker version and model id (always 1).",
+            ),
+            &["version", "model"],
+        )?;
+        r.register(Box::new(build_info.clone()))?;
+        let ready = IntGauge::new(
+            "vargpt_ready",
+            "1 when the worker takes jobs (model, storage, broker ok).",
+        )?;
+        r.register(Box::new(ready.clone()))?;
+
+        Ok(Metrics {
+            jobs_total: counter(
+                &r,
+                "vargpt_jobs_total",
+                "Jobs finished, by kind and status (ok|error).",
+                &["kind", "status"],
+            )?,
+            job_errors_total: counter(
+                &r,
+                "vargpt_job_errors_total",
+                "Error results, by error code.",
+                &["code"],
+            )?,
+            queue_wait_seconds: histogram(
+                &r,
+                "vargpt_queue_wait_seconds",
+                "Time from publish to pick-up.",
+                &["kind"],
+                SECONDS,
+            )?,
+            preprocess_seconds: histogram(
+                &r,
+                "vargpt_preprocess_seconds",
+                "Parsing, validation and input image fetch/check.",
+                &["kind"],
+                SECONDS,
+            )?,
+            inference_seconds: histogram(
+                &r,
+                "vargpt_inference_seconds",
+                "Time in the backend.",
+                &["kind"],
+                SECONDS,
+            )?,
+            job_duration_seconds: histogram(
+                &r,
+                "vargpt_job_duration_seconds",
+                "Time from pick-up to result published.",
+                &["kind"],
+                SECONDS,
+            )?,
+            tokens_generated_total: counter(
+                &r,
+                "vargpt_tokens_generated_total",
+                "Token ids generated.",
+                &["kind"],
+            )?,
+            job_retries_total: counter(
+                &r,
+                "vargpt_job_retries_total",
+                "Jobs sent to the retry queue after a transient failure.",
+                &["kind"],
+            )?,
+            dead_lettered_total: counter(
+                &r,
+                "vargpt_dead_lettered_total",
+                "Jobs sent to the dead-letter queue, by error code.",
+                &["code"],
+            )?,
+            upload_seconds,
+            images_generated_total,
+            jobs_in_flight,
+            batch_size,
+            engine_batch_size,
+            model_load_seconds,
+            build_info,
+            ready,
+            registry: r,
+        })
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on metric families with invalid
+        // names, which `new` would have refused already.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_names_are_exported() {
+        let m = Metrics::new().unwrap();
+        m.jobs_total.with_label_values(&["caption", "ok"]).inc();
+        m.job_errors_total
+            .with_label_values(&["invalid_image"])
+            .inc();
+        m.queue_wait_seconds
+            .with_label_values(&["caption"])
+            .observe(0.1);
+        m.preprocess_seconds
+            .with_label_values(&["caption"])
+            .observe(0.1);
+        m.inference_seconds
+            .with_label_values(&["caption"])
+            .observe(0.1);
+        m.job_duration_seconds
+            .with_label_values(&["caption"])
+            .observe(0.1);
+        m.tokens_generated_total
+            .with_label_values(&["caption"])
+            .inc();
+        m.job_retries_total.with_label_values(&["caption"]).inc();
+        m.dead_lettered_total
+            .with_label_values(&["invalid_image"])
+            .inc();
+        m.build_info.with_label_values(&["0.1.0", "tiny"]).set(1.0);
+        m.upload_seconds.observe(0.1);
+        m.batch_size.observe(1.0);
+        let text = m.render();
+        for name in [
+            "vargpt_jobs_total{kind=\"caption\",status=\"ok\"} 1",
+            "vargpt_job_errors_total{code=\"invalid_image\"} 1",
+            "vargpt_queue_wait_seconds_bucket{kind=\"caption\"",
+            "vargpt_preprocess_seconds_bucket",
+            "vargpt_inference_seconds_bucket",
+            "vargpt_upload_seconds_bucket",
+            "vargpt_job_duration_seconds_bucket",
+            "vargpt_tokens_generated_total{kind=\"caption\"} 1",
+            "vargpt_images_generated_total 0",
+            "vargpt_jobs_in_flight 0",
+            "vargpt_batch_size_bucket",
+            "vargpt_model_load_seconds 0",
+            "vargpt_build_info{model=\"tiny\",version=\"0.1.0\"} 1",
+            "vargpt_ready 0",
+            "vargpt_job_retries_total{kind=\"caption\"} 1",
+            "vargpt_dead_lettered_total{code=\"invalid_image\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

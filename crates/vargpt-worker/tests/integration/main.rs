@@ -1,0 +1,20 @@
+//! Integration tests against a real RabbitMQ and a real S3 server (s3s-fs),
+//! with the worker as a child process. Services come from the shared helper
+//! crate `vargpt-integration-tests` (`tests/` at the repository root).
+//!
+//! Tests marked "real model" run the tiny reference model; the others use
+//! the fake backend because they need fault injection (aborts, slow jobs).
+
+mod common;
+
+mod bad_input;
+mod broker_restart;
+mod crash;
+mod embedded;
+mod happy_path;
+mod observability;
+mod poison;
+mod reconnect;
+mod retry;
+mod sigterm;
+mod tls;
