@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod batching;
 mod broker_restart;
 mod crash;
 mod embedded;
