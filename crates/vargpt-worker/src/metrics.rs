@@ -1,6 +1,8 @@
 //! Prometheus metrics. The names are a contract with the Grafana dashboard:
 //! do not rename them.
 
+use vargpt_proto::{ErrorCode, JobKind};
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
@@ -109,7 +111,7 @@ impl Metrics {
         )?;
         r.register(Box::new(ready.clone()))?;
 
-        Ok(Metrics {
+        let m = Metrics {
             jobs_total: counter(
                 &r,
                 "vargpt_jobs_total",
@@ -177,7 +179,43 @@ impl Metrics {
             build_info,
             ready,
             registry: r,
-        })
+        };
+        m.zero_series();
+        Ok(m)
+    }
+
+    /// Creates every labelled series at 0 up front: Prometheus best practice (a
+    /// series that appears only on its first event breaks `rate()` and alerts),
+    /// and it makes `/metrics` list every metric the dashboard may query.
+    fn zero_series(&self) {
+        let kinds = [
+            JobKind::Caption,
+            JobKind::Vqa,
+            JobKind::Chat,
+            JobKind::GenerateImage,
+        ];
+        for k in kinds.map(JobKind::as_str) {
+            for status in ["ok", "error"] {
+                self.jobs_total.with_label_values(&[k, status]);
+            }
+            for h in [
+                &self.queue_wait_seconds,
+                &self.preprocess_seconds,
+                &self.inference_seconds,
+                &self.job_duration_seconds,
+            ] {
+                h.with_label_values(&[k]);
+            }
+            self.tokens_generated_total.with_label_values(&[k]);
+            self.job_retries_total.with_label_values(&[k]);
+        }
+        for code in ErrorCode::ALL
+            .iter()
+            .filter(|c| **c != ErrorCode::Unspecified)
+        {
+            self.job_errors_total.with_label_values(&[code.as_str()]);
+            self.dead_lettered_total.with_label_values(&[code.as_str()]);
+        }
     }
 
     /// The text exposition format, for `/metrics`.

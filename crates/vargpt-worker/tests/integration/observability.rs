@@ -130,5 +130,60 @@ async fn readiness_and_metrics() {
         assert_eq!(metric(&m, series), Some(want), "{series} in\n{m}");
     }
     assert!(metric(&m, "vargpt_tokens_generated_total{kind=\"chat\"}").unwrap() > 0.0);
+    check_metric_contract(&m);
     env.cleanup(&mut [&mut worker]).await;
+}
+
+/// The live `/metrics` page, the documented list (`deploy/grafana/worker-metrics.txt`)
+/// and the Grafana dashboard agree: same names and types, and every `vargpt_*`
+/// series the dashboard queries is really exported.
+fn check_metric_contract(page: &str) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let live: std::collections::BTreeMap<String, String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .filter(|(n, _)| n.starts_with("vargpt_"))
+        .collect();
+    let listed: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(format!("{root}/deploy/grafana/worker-metrics.txt"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let mut it = l.split_whitespace();
+                (
+                    it.next().unwrap().to_string(),
+                    it.next().unwrap().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        live, listed,
+        "live /metrics vs deploy/grafana/worker-metrics.txt"
+    );
+    let dashboard =
+        std::fs::read_to_string(format!("{root}/deploy/grafana/dashboards/vargpt.json")).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for (i, _) in dashboard.match_indices("vargpt_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| live.contains_key(*b)))
+            .unwrap_or(&name)
+            .to_string();
+        queried.insert(base);
+    }
+    let missing: Vec<_> = queried.iter().filter(|n| !live.contains_key(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics the worker does not export: {missing:?}"
+    );
+    assert!(queried.len() >= 10, "dashboard metrics found: {queried:?}");
 }
