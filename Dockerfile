@@ -10,6 +10,10 @@
 #   cpu  -> rust:<ver>-slim-bookworm            / debian:bookworm-slim
 #   cuda -> nvidia/cuda:<ver>-devel-ubuntu22.04 / nvidia/cuda:<ver>-runtime-ubuntu22.04
 # Builder and runtime always share a distribution so the glibc matches.
+# The cuda variant builds the worker with its `cuda` and `nccl` features
+# (`cargo build --release -p vargpt-worker --features cuda,nccl`); override
+# with --build-arg CUDA_FEATURES=vargpt-worker/cuda to leave NCCL out.
+# Default command: `vargpt-worker serve` (the RabbitMQ service).
 # BuildKit is required (cache mounts); only the stages of the chosen variant
 # are built.
 
@@ -55,13 +59,19 @@ RUN --mount=type=cache,id=vargpt-apt-cuda,target=/var/cache/apt,sharing=locked \
 # hadolint ignore=DL3006
 FROM builder-${VARIANT} AS build
 ARG VARIANT
-# Extra cargo features; the cuda variant always adds `cuda`.
+# Packages built and the binaries copied into the runtime image
+# (vargpt-cli builds the `vargpt` binary).
+ARG PACKAGES="vargpt-worker vargpt-dispatcher vargpt-cli"
+ARG BINARIES="vargpt-worker vargpt-dispatcher vargpt"
+# Features of the cuda variant: the worker's GPU kernels (candle CUDA backend)
+# and NCCL all-reduce between the GPUs of a tensor-parallel group (VARGPT_TP > 1).
+# Package-qualified, so only the worker is built against CUDA.
+ARG CUDA_FEATURES="vargpt-worker/cuda,vargpt-worker/nccl"
+# Extra cargo features for either variant (package-qualified, comma separated).
 ARG CARGO_FEATURES=""
 # GPU architecture the CUDA kernels are compiled for (no GPU at build time):
 # 80 = A100 (PTX also runs on H100), 89 = L4/L40S, 90 = H100/H200.
 ARG CUDA_COMPUTE_CAP=80
-# Binaries copied into the runtime image.
-ARG BINARIES="vargpt-worker vargpt-dispatcher vargpt"
 ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} \
     CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
@@ -71,8 +81,9 @@ RUN --mount=type=cache,id=vargpt-cargo-registry,target=/usr/local/cargo/registry
     --mount=type=cache,id=vargpt-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=vargpt-target-${VARIANT},target=/src/target,sharing=locked \
     features="${CARGO_FEATURES}" \
-    && if [ "${VARIANT}" = "cuda" ]; then features="cuda${features:+,${features}}"; fi \
-    && cargo build --release --locked ${features:+--features "${features}"} \
+    && if [ "${VARIANT}" = "cuda" ]; then features="${CUDA_FEATURES}${features:+,${features}}"; fi \
+    && set -- && for pkg in ${PACKAGES}; do set -- "$@" -p "${pkg}"; done \
+    && cargo build --release --locked "$@" ${features:+--features "${features}"} \
     && mkdir -p /out \
     && for bin in ${BINARIES}; do install -m 0755 "target/release/${bin}" /out/; done
 
@@ -82,8 +93,12 @@ RUN --mount=type=cache,id=vargpt-cargo-registry,target=/usr/local/cargo/registry
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime-cpu
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${CUDA_UBUNTU} AS runtime-cuda
+# The worker runs on the CPU unless it is given a GPU: the CUDA image defaults
+# to GPU 0 (VARGPT_CUDA_DEVICE); tensor parallelism takes VARGPT_TP GPUs from
+# there, or the ordinals in VARGPT_DEVICES (the Helm chart sets both).
 ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    VARGPT_CUDA_DEVICE=0
 
 # hadolint ignore=DL3006
 FROM runtime-${VARIANT} AS runtime
@@ -109,11 +124,12 @@ RUN apt-get update \
 
 COPY --from=build /out/ /usr/local/bin/
 
-# 12-factor defaults; everything else (broker, bucket, secrets) comes from the
-# environment at run time.
+# 12-factor defaults (names: `vargpt-worker serve --help`); everything else
+# (AMQP_URL, VARGPT_S3_BUCKET, credentials) comes from the environment at run
+# time. VARGPT_HTTP_ADDR defaults to 127.0.0.1 in the worker: a container must
+# listen on 0.0.0.0 or no probe reaches it.
 ENV HF_HOME=/models/hf \
-    VARGPT_DEVICE=${VARIANT} \
-    VARGPT_METRICS_ADDR=0.0.0.0:9090 \
+    VARGPT_HTTP_ADDR=0.0.0.0:9090 \
     VARGPT_LOG_FORMAT=json \
     RUST_LOG=info
 
@@ -124,7 +140,9 @@ USER ${UID}:${GID}
 EXPOSE 9090
 STOPSIGNAL SIGTERM
 # Liveness only (readiness is /readyz, checked by compose and Kubernetes).
-# The port follows VARGPT_METRICS_ADDR at run time.
+# The port follows VARGPT_HTTP_ADDR at run time.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["/bin/sh", "-c", "curl -fsS \"http://127.0.0.1:${VARGPT_METRICS_ADDR##*:}/healthz\" >/dev/null || exit 1"]
-CMD ["vargpt-worker", "amqp"]
+    CMD ["/bin/sh", "-c", "curl -fsS \"http://127.0.0.1:${VARGPT_HTTP_ADDR##*:}/healthz\" >/dev/null || exit 1"]
+# The service: consume jobs from RabbitMQ (needs AMQP_URL and VARGPT_S3_BUCKET).
+# Other entry points: `vargpt-worker embedded ...`, `vargpt-dispatcher run ...`, `vargpt`.
+CMD ["vargpt-worker", "serve"]

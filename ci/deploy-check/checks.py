@@ -8,6 +8,10 @@ Subcommands:
   dockerfile                         Dockerfile / .dockerignore structure
   compose                            docker-compose.yml + deploy/ configs
   dashboard [--metrics-url URL]      Grafana dashboard vs. worker metrics
+  contract [--compose F] [--manifest F --name N] [--dockerfile F]
+                                     only the CLI contract: subcommands, flags
+                                     and environment variable names set on the
+                                     worker / dispatcher vs. their Rust sources
   k8s --name N --file F [--external-secret S ...] [--external-claim C ...]
                                      rendered Helm manifests: Kubernetes
                                      schemas, CRDs and cross-references
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import difflib
 import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import urllib.parse
@@ -82,6 +88,433 @@ def read_worker_metrics(path: Path) -> dict:
             raise ValueError(f"{path}:{lineno}: duplicate metric {name}")
         metrics[name] = (mtype, [] if labels == "-" else labels.split(","))
     return metrics
+
+
+# --------------------------------------------------------------------------
+# The binaries' configuration contract, read from their Rust sources
+# --------------------------------------------------------------------------
+# What a deployment may set on a container is what the binary reads: the
+# `env = "..."` attributes of its clap arguments (per subcommand), plus a few
+# names read by libraries. Unknown variables are silently ignored by clap, so
+# a renamed variable would otherwise fail only in production.
+WORKER_CRATE = "crates/vargpt-worker"
+DISPATCHER_CRATE = "crates/vargpt-dispatcher"
+# Read outside the worker's clap arguments: tracing's filter, the hf-hub cache
+# and token, the engine's offline switch and cache, the kernels' thread count.
+# AWS_* is the AWS SDK's environment chain (credentials, profile, endpoint...).
+WORKER_LIBRARY_ENV = {"RUST_LOG", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "VARGPT_THREADS"}
+DISPATCHER_LIBRARY_ENV = {"RUST_LOG"}
+LIBRARY_ENV_PREFIXES = ("AWS_",)
+
+ENV_ATTR = re.compile(r'\benv\s*=\s*"([A-Za-z_][A-Za-z0-9_]*)"')
+
+
+def _rust_sources(crate: str) -> str:
+    files = sorted((ROOT / crate / "src").rglob("*.rs"))
+    if not files:
+        raise FileNotFoundError(f"no Rust sources under {crate}/src")
+    # Drop whole-line comments (doc comments); keep everything else verbatim
+    # (string literals such as "amqp://..." contain `//`).
+    return "\n".join("\n".join(l for l in f.read_text().splitlines() if not l.lstrip().startswith("//"))
+                     for f in files)
+
+
+def _balanced(text: str, i: int, open_c: str, close_c: str) -> int:
+    """Index just past the bracket matching text[i] == open_c (string-aware)."""
+    depth, j, n = 0, i, len(text)
+    while j < n:
+        ch = text[j]
+        if ch == '"':
+            j += 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+        elif ch == "'" and j + 2 < n and (text[j + 2] == "'" or (text[j + 1] == "\\" and text[j + 3] == "'")):
+            j += 2 if text[j + 2] == "'" else 3  # char literal, e.g. short = 'i'
+        elif ch == open_c:
+            depth += 1
+        elif ch == close_c:
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    raise ValueError(f"unbalanced {open_c}{close_c}")
+
+
+def _items(body: str):
+    """[(attrs, decl)] of a struct/enum body: attributes, then `field: Type` or `Variant(...)`."""
+    out, attrs, i, n = [], [], 0, len(body)
+    while i < n:
+        if body[i].isspace() or body[i] == ",":
+            i += 1
+        elif body.startswith("#[", i):
+            end = _balanced(body, i + 1, "[", "]")
+            attrs.append(body[i + 2:end - 1])
+            i = end
+        else:
+            depth, j = 0, i
+            while j < n and not (body[j] == "," and depth == 0):
+                if body[j] in "<([{":
+                    depth += 1
+                elif body[j] in ">)]}":
+                    depth -= 1
+                j += 1
+            out.append((attrs, body[i:j].strip()))
+            attrs, i = [], j + 1
+    return out
+
+
+def _inner_type(ty: str) -> str:
+    ty = ty.strip()
+    m = re.fullmatch(r"(?:Box|Option)<(.+)>", ty)
+    return _inner_type(m.group(1)) if m else ty
+
+
+def _kebab(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", name).replace("_", "-").lower()
+
+
+def rust_cli(crate: str) -> dict:
+    """The clap CLI of a crate: binaries, top-level args, subcommands and their env/flags."""
+    src = _rust_sources(crate)
+    structs, enums = {}, {}
+    for m in re.finditer(r"\b(?:pub(?:\([^)]*\))?\s+)?(struct|enum)\s+(\w+)(?:<[^>{]*>)?\s*\{", src):
+        end = _balanced(src, m.end() - 1, "{", "}")
+        # The derives / attributes just before the item.
+        head = src[max(0, m.start() - 600):m.start()]
+        head = head[head.rfind(";") + 1:] if ";" in head else head
+        head = head[head.rfind("}") + 1:] if "}" in head else head
+        (structs if m.group(1) == "struct" else enums)[m.group(2)] = (head, _items(src[m.end():end - 1]))
+
+    def args_of(struct: str, seen=()) -> dict:
+        res = {"env": {}, "long": {}, "short": set(), "subcommand": None, "positional": 0}
+        if struct not in structs or struct in seen:
+            return res
+        for attrs, decl in structs[struct][1]:
+            fm = re.match(r"(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:\s*(.+)$", decl, re.S)
+            if not fm:
+                continue
+            field, ty = fm.group(1), fm.group(2).strip()
+            joined = " ".join(attrs)
+            if re.search(r"\bcommand\s*\([^)]*\bflatten\b", joined):
+                sub = args_of(_inner_type(ty), seen + (struct,))
+                res["env"].update(sub["env"])
+                res["long"].update(sub["long"])
+                res["short"] |= sub["short"]
+                res["positional"] += sub["positional"]
+                continue
+            if re.search(r"\bcommand\s*\([^)]*\bsubcommand\b", joined):
+                res["subcommand"] = _inner_type(ty)
+                continue
+            named = False
+            for a in attrs:
+                if not re.match(r"\s*arg\s*\(", a):
+                    continue
+                for env in ENV_ATTR.findall(a):
+                    res["env"][env] = {"field": field, "attr": a}
+                lm = re.search(r'\blong\s*=\s*"([^"]+)"', a)
+                if lm or re.search(r"\blong\b(?!\s*=)", a):
+                    flag = lm.group(1) if lm else _kebab(field)
+                    takes_value = not (ty == "bool" and "ArgAction::Set" not in a) or "num_args" in a
+                    res["long"][flag] = takes_value
+                    named = True
+                sm = re.search(r"\bshort\s*=\s*'(.)'", a)
+                if sm or re.search(r"\bshort\b(?!\s*=)", a):
+                    res["short"].add(sm.group(1) if sm else field[0])
+                    named = True
+            if not named:
+                res["positional"] += 1
+        return res
+
+    clis = [name for name, (head, _) in structs.items() if re.search(r"derive\([^)]*\bParser\b", head)]
+    if len(clis) != 1:
+        raise ValueError(f"{crate}: expected one #[derive(Parser)] struct, found {clis}")
+    top = args_of(clis[0])
+    if not top["subcommand"] or top["subcommand"] not in enums:
+        raise ValueError(f"{crate}: {clis[0]} has no #[command(subcommand)] enum")
+    subcommands = {}
+    for attrs, decl in enums[top["subcommand"]][1]:
+        vm = re.match(r"(\w+)\s*(?:\((.*)\))?$", decl, re.S)
+        if not vm:
+            continue
+        nm = re.search(r'\bname\s*=\s*"([^"]+)"', " ".join(a for a in attrs if a.lstrip().startswith("command")))
+        name = nm.group(1) if nm else _kebab(vm.group(1))
+        subcommands[name] = args_of(_inner_type(vm.group(2))) if vm.group(2) else args_of("")
+    import tomllib  # noqa: PLC0415
+    cargo = tomllib.loads((ROOT / crate / "Cargo.toml").read_text())
+    bins = [b["name"] for b in cargo.get("bin", [])] or [cargo["package"]["name"]]
+    all_env = set(ENV_ATTR.findall(src))
+    return {"crate": crate, "bins": bins, "top": top, "subcommands": subcommands, "all_env": all_env,
+            "features": set((cargo.get("features") or {}).keys())}
+
+
+def accepted_env(cli: dict, sub: str, library: set) -> set:
+    return set(cli["top"]["env"]) | set(cli["subcommands"].get(sub, {}).get("env", {})) | library
+
+
+def env_default(cli: dict, sub: str, env: str):
+    info = cli["subcommands"].get(sub, {}).get("env", {}).get(env) or cli["top"]["env"].get(env)
+    m = re.search(r'\bdefault_value(?:_t)?\s*=\s*"?([^",)]+)"?', (info or {}).get("attr", ""))
+    return m.group(1).strip() if m else None
+
+
+def contract_crate(crate: str, library: set) -> dict:
+    cli = rust_cli(crate)
+    cli["library"] = library
+    return cli
+
+
+_CONTRACTS = {}
+
+
+def worker_cli() -> dict:
+    if "worker" not in _CONTRACTS:
+        _CONTRACTS["worker"] = contract_crate(WORKER_CRATE, WORKER_LIBRARY_ENV)
+    return _CONTRACTS["worker"]
+
+
+def dispatcher_cli() -> dict:
+    if "dispatcher" not in _CONTRACTS:
+        _CONTRACTS["dispatcher"] = contract_crate(DISPATCHER_CRATE, DISPATCHER_LIBRARY_ENV)
+    return _CONTRACTS["dispatcher"]
+
+
+def check_contract_parsed() -> None:
+    """The CLI parser saw every `env = "..."` attribute of both crates (else fix rust_cli)."""
+    for cli in (worker_cli(), dispatcher_cli()):
+        seen = set(cli["top"]["env"]).union(*[set(a["env"]) for a in cli["subcommands"].values()])
+        check(f"contract: {cli['crate']}: {len(cli['all_env'])} env attributes, {len(cli['subcommands'])} "
+              f"subcommands ({', '.join(sorted(cli['subcommands']))}) parsed",
+              cli["subcommands"] and seen == cli["all_env"],
+              f"env attributes not reached from the #[derive(Parser)] struct: {sorted(cli['all_env'] - seen)}")
+
+
+def check_argv(label: str, cli: dict, argv: list, service_sub: str):
+    """A container's command + args against the binary's CLI. Returns the subcommand."""
+    bins = cli["bins"]
+    argv = [str(a) for a in argv or []]
+    exe = os.path.basename(argv[0]) if argv else ""
+    if not check(f"{label}: runs {'/'.join(bins)}", exe in bins,
+                 f"command {argv[:1]} is not a binary of {cli['crate']} ({', '.join(bins)})"):
+        return None
+    bad, i, top = [], 1, cli["top"]["long"]
+    while i < len(argv) and argv[i].startswith("-"):
+        name = argv[i][2:].split("=", 1)[0]
+        if name not in top:
+            bad.append(argv[i])
+        elif top[name] and "=" not in argv[i]:
+            i += 1
+        i += 1
+    sub = argv[i] if i < len(argv) else None
+    subs = sorted(cli["subcommands"])
+    check(f"{label}: subcommand {sub!r} is one {exe} defines ({', '.join(subs)})", sub in cli["subcommands"],
+          f"`{exe}` has no subcommand {sub!r}: the Command enum in {cli['crate']}/src defines {subs}")
+    check(f"{label}: runs the service, `{exe} {service_sub}`", sub == service_sub,
+          f"runs `{' '.join(argv)}`, the deployment needs `{exe} {service_sub}`")
+    if sub not in cli["subcommands"]:
+        return sub
+    spec = cli["subcommands"][sub]
+    longs, shorts = {**top, **spec["long"]}, spec["short"]
+    rest, j = argv[i + 1:], 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            break
+        if a.startswith("--"):
+            name = a[2:].split("=", 1)[0]
+            if name not in longs and name not in ("help", "version"):
+                bad.append(a)
+            elif longs.get(name) and "=" not in a:
+                j += 1
+        elif a.startswith("-") and len(a) > 1:
+            if a[1] not in shorts:
+                bad.append(a)
+            elif len(a) == 2:
+                j += 1
+        elif not spec["positional"]:
+            bad.append(a)
+        j += 1
+    hints = []
+    for a in bad:
+        close = difflib.get_close_matches(a.lstrip("-").split("=", 1)[0], sorted(longs), n=1, cutoff=0.6)
+        hints.append(a + (f" (did you mean --{close[0]}?)" if close else ""))
+    check(f"{label}: every argument is one `{exe} {sub}` accepts", not bad,
+          f"unknown argument(s) {', '.join(hints)}; see `{exe} {sub} --help`")
+    return sub
+
+
+def check_env_names(label: str, cli: dict, sub, names) -> None:
+    """Every variable set on a container is one the binary (or a library it uses) reads."""
+    exe = cli["bins"][0]
+    sub = sub if sub in cli["subcommands"] else None
+    ok_names = (set(cli["top"]["env"]) | set(cli["subcommands"][sub]["env"]) if sub else set(cli["all_env"])) \
+        | cli["library"]
+    names = sorted(set(names))
+    unknown = [n for n in names if n not in ok_names and not n.startswith(LIBRARY_ENV_PREFIXES)]
+    details = []
+    for n in unknown:
+        hint = []
+        elsewhere = [s for s, a in cli["subcommands"].items() if n in a["env"]]
+        if elsewhere:
+            hint.append(f"read only by `{exe} {'/'.join(elsewhere)}`")
+        close = difflib.get_close_matches(n, sorted(ok_names), n=1, cutoff=0.6)
+        if close:
+            hint.append(f"did you mean {close[0]}?")
+        details.append(n + (f" ({'; '.join(hint)})" if hint else ""))
+    check(f"{label}: all {len(names)} environment variables are read by `{exe}{' ' + sub if sub else ''}`",
+          not unknown,
+          f"{exe} does not read {', '.join(details)}. clap ignores unknown variables, so the setting would be "
+          f"silently lost. Accepted: the env = \"...\" attributes in {cli['crate']}/src, "
+          f"{', '.join(sorted(cli['library']))} and AWS_*")
+
+
+def compose_env(svc: dict) -> dict:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+    return {k: interp(str(v)) if v is not None else None for k, v in env.items()}
+
+
+def compose_argv(svc: dict, default) -> list:
+    cmd = svc.get("command")
+    if cmd is None:
+        return list(default or [])
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
+def dockerfile_cmd(text: str) -> list:
+    cmds = [a for i, a, _ in parse_dockerfile(text) if i == "CMD"]
+    if not cmds:
+        return []
+    try:
+        return json.loads(cmds[-1])
+    except ValueError:
+        return shlex.split(cmds[-1])
+
+
+def check_compose_contract(c: dict, image_cmd=None) -> None:
+    """Worker and dispatcher services of a compose file against the binaries' CLIs."""
+    services = c.get("services") or {}
+    worker, disp = services.get("worker"), services.get("dispatcher")
+    wcli, dcli = worker_cli(), dispatcher_cli()
+    wenv = {}
+    if check("compose: has a worker service", worker is not None):
+        sub = check_argv("compose worker", wcli, compose_argv(worker, image_cmd), "serve")
+        wenv = compose_env(worker)
+        check_env_names("compose worker", wcli, sub, wenv)
+    if check("compose: has a dispatcher service", disp is not None):
+        sub = check_argv("compose dispatcher", dcli, compose_argv(disp, image_cmd), "run")
+        denv = compose_env(disp)
+        check_env_names("compose dispatcher", dcli, sub, denv)
+        prefix = wenv.get("VARGPT_QUEUE_PREFIX") or env_default(wcli, "serve", "VARGPT_QUEUE_PREFIX")
+        check("compose dispatcher: VARGPT_JOB_QUEUE is the worker's job queue ({VARGPT_QUEUE_PREFIX}.jobs)",
+              denv.get("VARGPT_JOB_QUEUE") == f"{prefix}.jobs",
+              f"VARGPT_JOB_QUEUE={denv.get('VARGPT_JOB_QUEUE')!r}, the worker consumes {prefix}.jobs")
+        wurl = urllib.parse.urlparse(wenv.get("AMQP_URL") or "")
+        durl = urllib.parse.urlparse(denv.get("VARGPT_AMQP_URL") or "")
+        check("compose dispatcher: VARGPT_AMQP_URL points at the worker's broker and vhost",
+              (durl.hostname, durl.port, durl.path) == (wurl.hostname, wurl.port, wurl.path) and durl.hostname,
+              f"dispatcher {durl.hostname}:{durl.port}{durl.path} vs worker {wurl.hostname}:{wurl.port}{wurl.path}")
+
+
+def container_env_names(c: dict, cms: dict, secrets: dict):
+    """Variable names a rendered container gets: env, envFrom ConfigMaps / Secrets (when rendered)."""
+    names, opaque = [e["name"] for e in c.get("env", [])], []
+    for ef in c.get("envFrom", []):
+        prefix = ef.get("prefix", "")
+        for kind, objs in (("configMapRef", cms), ("secretRef", secrets)):
+            if kind in ef:
+                obj = objs.get(ef[kind]["name"])
+                if obj is None:
+                    opaque.append(f"{kind} {ef[kind]['name']}")
+                else:
+                    names += [prefix + k for k in {**(obj.get("data") or {}), **(obj.get("stringData") or {})}]
+    return names, opaque
+
+
+def check_manifest_contract(name: str, docs: list) -> None:
+    """The worker container of a rendered chart against `vargpt-worker`'s CLI."""
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d.get("kind"), []).append(d)
+    cms = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+    secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
+    containers = [c for d in by_kind.get("Deployment", []) for c in d["spec"]["template"]["spec"]["containers"]
+                  if c["name"] == "worker"]
+    if not check(f"{name}: contract: a worker container is rendered", len(containers) == 1, f"{len(containers)}"):
+        return
+    c, wcli = containers[0], worker_cli()
+    argv = list(c.get("command") or []) + list(c.get("args") or [])
+    if not c.get("command"):
+        argv = dockerfile_cmd((ROOT / "Dockerfile").read_text())[:1] + list(c.get("args") or [])
+    sub = check_argv(f"{name}: worker container", wcli, argv, "serve")
+    names, opaque = container_env_names(c, cms, secrets)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    check(f"{name}: worker container sets each variable once", not dup, f"set twice (which wins?): {dup}")
+    check_env_names(f"{name}: worker container", wcli, sub, names)
+    if opaque:
+        print(f"note  {name}: not rendered, names unchecked: {', '.join(opaque)}", flush=True)
+
+
+def check_dockerfile_contract(text: str) -> None:
+    """Dockerfile CMD and runtime ENV against `vargpt-worker`; the cargo features it builds with."""
+    wcli = worker_cli()
+    check_argv("dockerfile: CMD", wcli, dockerfile_cmd(text), "serve")
+    ins = parse_dockerfile(text)
+    stage, env = None, {}
+    for instr, args, _ in ins:
+        if instr == "FROM":
+            m = re.search(r"\bAS\s+(\S+)", args, re.I)
+            stage = (m.group(1) if m else "").lower()
+        elif instr == "ENV" and stage and (stage.startswith("runtime")):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", args)))
+    # NVIDIA_* are read by the NVIDIA container runtime, not by the worker.
+    names = [k for k in env if not k.startswith("NVIDIA_")]
+    check_env_names("dockerfile: runtime ENV", wcli, "serve", names)
+    addr = env.get("VARGPT_HTTP_ADDR", "")
+    check("dockerfile: VARGPT_HTTP_ADDR listens on all interfaces (the worker's default is 127.0.0.1)",
+          addr.rsplit(":", 1)[0] in ("0.0.0.0", "[::]"), f"VARGPT_HTTP_ADDR={addr!r}")
+    hc = " ".join(a for i, a, _ in ins if i == "HEALTHCHECK")
+    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", hc))
+    check("dockerfile: HEALTHCHECK only uses variables the image sets", used <= set(env),
+          f"unset: {sorted(used - set(env))}")
+
+    args = {}
+    for instr, a, _ in ins:
+        if instr == "ARG" and "=" in a:
+            k, _, v = a.partition("=")
+            args[k] = v.strip('"')
+    import tomllib  # noqa: PLC0415
+    members = {}
+    for pattern in tomllib.loads((ROOT / "Cargo.toml").read_text()).get("workspace", {}).get("members", []):
+        for p in sorted(ROOT.glob(pattern)):
+            if (p / "Cargo.toml").is_file():
+                members[tomllib.loads((p / "Cargo.toml").read_text())["package"]["name"]] = p
+    pkgs = args.get("PACKAGES", "").split()
+    check("dockerfile: PACKAGES are workspace packages", bool(pkgs) and all(p in members for p in pkgs),
+          f"PACKAGES={pkgs}, workspace: {sorted(members)}")
+    bins = set()
+    for p in pkgs:
+        if p in members:
+            t = tomllib.loads((members[p] / "Cargo.toml").read_text())
+            bins |= {b["name"] for b in t.get("bin", [])} or {p}
+    wanted = args.get("BINARIES", "").split()
+    check("dockerfile: BINARIES are built by PACKAGES", bool(wanted) and set(wanted) <= bins,
+          f"BINARIES={wanted}, PACKAGES build {sorted(bins)}")
+    for b in ("vargpt-worker", "vargpt-dispatcher"):
+        check(f"dockerfile: image ships {b}", b in wanted, f"BINARIES={wanted}")
+    feats = [f for f in args.get("CUDA_FEATURES", "").split(",") if f]
+    problems = []
+    for f in feats:
+        pkg, _, feat = f.rpartition("/")
+        if pkg not in members:
+            problems.append(f"{f}: {pkg or '(no package)'} is not a workspace package (write <package>/<feature>)")
+            continue
+        declared = (tomllib.loads((members[pkg] / "Cargo.toml").read_text()).get("features") or {})
+        if feat not in declared:
+            problems.append(f"{f}: {members[pkg].relative_to(ROOT)}/Cargo.toml has no feature {feat!r}")
+    check("dockerfile: CUDA_FEATURES exist (" + ", ".join(feats) + ")",
+          "vargpt-worker/cuda" in feats and not problems,
+          "; ".join(problems) or f"CUDA_FEATURES={feats} must include vargpt-worker/cuda")
 
 
 # --------------------------------------------------------------------------
@@ -161,7 +594,10 @@ def cmd_dockerfile(_args) -> None:
                   all(f"target={t}" in run for t in ("/usr/local/cargo/registry", "/usr/local/cargo/git"))
                   and re.search(r"type=cache,[^ ]*target=/src/target", run) is not None, run[:200])
             check("dockerfile: cargo build --release --locked", "--release" in run and "--locked" in run)
-            check("dockerfile: cuda variant enables the cuda cargo feature", 'features="cuda' in run)
+            check("dockerfile: cuda variant builds with CUDA_FEATURES",
+                  re.search(r'features="\$\{CUDA_FEATURES\}', run) is not None, run[:300])
+            check("dockerfile: cargo build selects PACKAGES (-p per package)",
+                  "${PACKAGES}" in run and '-p "${pkg}"' in run, run[:300])
             check("dockerfile: binaries copied out of the cache-mounted target dir", "/out" in run)
         check("dockerfile: CUDA_COMPUTE_CAP build arg for GPU-less builds",
               any(i == "ARG" and a.startswith("CUDA_COMPUTE_CAP") for i, a, _ in build["ins"]))
@@ -190,18 +626,14 @@ def cmd_dockerfile(_args) -> None:
     check("dockerfile: HF_HOME=/models/hf", env.get("HF_HOME") == "/models/hf", str(env))
     vols = " ".join(a for i, a, _ in fin if i == "VOLUME")
     check("dockerfile: VOLUME /models (model cache)", '"/models"' in vols or vols.strip() == "/models", vols)
-    port = env.get("VARGPT_METRICS_ADDR", "").rsplit(":", 1)[-1]
+    port = env.get("VARGPT_HTTP_ADDR", "").rsplit(":", 1)[-1]
     expose = [a for i, a, _ in fin if i == "EXPOSE"]
-    check("dockerfile: EXPOSE matches VARGPT_METRICS_ADDR", port and expose and port in expose[0].split(),
-          f"metrics port {port!r}, EXPOSE {expose}")
-    cmd = [a for i, a, _ in fin if i == "CMD"]
-    check("dockerfile: CMD runs vargpt-worker", bool(cmd) and json.loads(cmd[-1])[0] == "vargpt-worker", str(cmd))
+    check("dockerfile: EXPOSE matches VARGPT_HTTP_ADDR", port and expose and port in expose[0].split(),
+          f"http port {port!r}, EXPOSE {expose}")
     check("dockerfile: runtime copies the binaries from the build stage",
           any(i == "COPY" and "--from=build" in a for i, a, _ in fin))
-    names = set(helm_env_names().values())
-    worker_env = [k for k in env if k.startswith("VARGPT_") or k in ("RUST_LOG", "HF_HOME")]
-    check("dockerfile: ENV defaults use worker variable names known to helm envNames",
-          all(k in names for k in worker_env), f"unknown: {[k for k in worker_env if k not in names]}")
+    # CMD, runtime ENV and cargo features against the worker's sources.
+    check_dockerfile_contract(text)
     secretish = [a for i, a, _ in ins if i in ("ENV", "ARG") and
                  re.search(r"(SECRET|PASSWORD|ACCESS_KEY_ID|AMQP_URL|TOKEN)\w*=", a)]
     check("dockerfile: no credentials baked into ENV/ARG", not secretish, str(secretish))
@@ -360,23 +792,27 @@ def cmd_compose(_args) -> None:
     check("compose: dispatcher is opt-in (profile) and one-shot",
           bool(disp.get("profiles")) and "dispatcher" in one_shot)
     check("compose: worker has no profile (starts by default)", not worker.get("profiles"))
-    wenv = {k: interp(str(v)) for k, v in (worker.get("environment") or {}).items()}
-    denv = {k: interp(str(v)) for k, v in (disp.get("environment") or {}).items()}
+    wenv = compose_env(worker)
     names = helm_env_names()
-    optional = {names["hfToken"]}
-    helm_set = set(names.values()) - optional
-    missing = sorted(helm_set - set(wenv))
-    check("compose/helm: worker env in compose sets every name in helm envNames", not missing,
+    # The worker's CLI (crates/vargpt-worker/src) and the dispatcher's: subcommands,
+    # flags and every environment variable name.
+    check_contract_parsed()
+    check_compose_contract(c, dockerfile_cmd((ROOT / "Dockerfile").read_text()))
+    check_env_names("helm envNames", worker_cli(), "serve", names.values())
+    core = ["amqpUrl", "queuePrefix", "model", "tensorParallel", "concurrency", "batchMax", "engineBatch",
+            "s3Bucket", "s3Endpoint", "s3PathStyle", "awsRegion", "awsAccessKeyId", "awsSecretAccessKey",
+            "httpAddr", "shutdownGraceSecs", "logFormat", "logLevel", "hfHome"]
+    missing = sorted(names[k] for k in core if names[k] not in wenv)
+    check("compose/helm: worker env in compose sets the core settings named in helm envNames", not missing,
           f"missing in docker-compose.yml x-vargpt-env: {missing}")
     extra = sorted(k for k in wenv if (k.startswith("VARGPT_") or k.startswith("AWS_")) and k not in names.values())
     check("compose/helm: no worker variable in compose unknown to helm envNames", not extra,
           f"add to helm/vargpt/values.yaml envNames: {extra}")
-    check("compose: dispatcher shares the worker environment", denv == wenv)
     amqp = urllib.parse.urlparse(wenv.get(names["amqpUrl"], ""))
     check("compose: broker URL is amqp(s) and points at the rabbitmq service",
           amqp.scheme in ("amqp", "amqps") and amqp.hostname == "rabbitmq", wenv.get(names["amqpUrl"], ""))
-    grace = float(wenv.get(names["shutdownGraceSeconds"], "0") or 0)
-    check("compose: worker stop_grace_period exceeds VARGPT_SHUTDOWN_GRACE_SECONDS",
+    grace = float(wenv.get(names["shutdownGraceSecs"], "0") or 0)
+    check("compose: worker stop_grace_period exceeds VARGPT_SHUTDOWN_GRACE_SECS",
           seconds(worker.get("stop_grace_period", "10s")) > grace,
           f"stop_grace_period={worker.get('stop_grace_period')} grace={grace}")
     model = wenv.get(names["model"], "")
@@ -388,7 +824,10 @@ def cmd_compose(_args) -> None:
     check("compose: HF_HOME matches Dockerfile and chart",
           wenv.get(names["hfHome"]) == "/models/hf" ==
           load_yaml(ROOT / "helm/vargpt/values.yaml")["model"]["cache"]["hfHome"])
-    metrics_port = wenv.get(names["metricsAddr"], "").rsplit(":", 1)[-1]
+    http_addr = wenv.get(names["httpAddr"], "")
+    check("compose: worker VARGPT_HTTP_ADDR listens on all interfaces (the worker's default is 127.0.0.1)",
+          http_addr.rsplit(":", 1)[0] in ("0.0.0.0", "[::]"), f"VARGPT_HTTP_ADDR={http_addr!r}")
+    metrics_port = http_addr.rsplit(":", 1)[-1]
     whc = " ".join((worker.get("healthcheck") or {}).get("test", []))
     check("compose: worker healthcheck probes /readyz on the metrics port",
           f":{metrics_port}/readyz" in whc, whc)
@@ -429,8 +868,8 @@ def cmd_compose(_args) -> None:
     check("rabbitmq: load_definitions points at the mounted definitions file", defs_target in rconfigs,
           f"{defs_target} not in {list(rconfigs)}")
     defs = json.loads((ROOT / rconfigs.get(defs_target, "deploy/rabbitmq/definitions.json")).read_text())
-    job_queue = wenv.get(names["jobQueue"], "vargpt.jobs")
-    prefix = job_queue.rsplit(".", 1)[0]
+    prefix = wenv.get(names["queuePrefix"]) or env_default(worker_cli(), "serve", "VARGPT_QUEUE_PREFIX")
+    job_queue = f"{prefix}.jobs"
     predeclared = [q["name"] for q in defs.get("queues", []) if q["name"].startswith(prefix + ".")]
     predeclared += [x["name"] for x in defs.get("exchanges", []) if x["name"].startswith(prefix + ".")]
     check("rabbitmq: definitions leave the worker's queues/exchanges to the worker",
@@ -442,7 +881,7 @@ def cmd_compose(_args) -> None:
     u = users.get(amqp.username or "")
     check("rabbitmq: broker URL user exists with the URL's password",
           u is not None and rabbit_hash_ok(u["password_hash"], urllib.parse.unquote(amqp.password or "")),
-          "definitions.json users do not match VARGPT_AMQP_URL")
+          "definitions.json users do not match the worker's AMQP_URL")
     perms = [p for p in defs.get("permissions", []) if p["user"] == amqp.username]
     check("rabbitmq: broker user has permissions on its vhost", bool(perms))
 
@@ -562,6 +1001,14 @@ def cmd_dashboard(args) -> None:
     tvars = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
     check("dashboard: has a Prometheus datasource variable",
           tvars.get("datasource", {}).get("type") == "datasource" and tvars["datasource"].get("query") == "prometheus")
+    # Queue names follow the worker's default VARGPT_QUEUE_PREFIX: {prefix}.jobs, {prefix}.dead.
+    prefix = env_default(worker_cli(), "serve", "VARGPT_QUEUE_PREFIX")
+    for var, queue in (("queue", f"{prefix}.jobs"), ("dlq", f"{prefix}.dead")):
+        v = tvars.get(var, {})
+        defaults = {v.get("query"), (v.get("current") or {}).get("value")} | \
+            {o.get("value") for o in v.get("options", []) if o.get("selected")}
+        check(f"dashboard: ${var} defaults to the worker's {queue}", defaults == {queue},
+              f"${var} defaults: {sorted(map(str, defaults))}")
 
     exprs, ds_bad = [], []
     for p in panels:
@@ -809,16 +1256,36 @@ def cmd_k8s(args) -> None:
             env[e["name"]] = e.get("value")
     check(f"{name}: env ConfigMap/Secret references resolve", not ref_bad, str(ref_bad))
     n = helm_env_names()
-    must = [n[k] for k in ("amqpUrl", "jobQueue", "model", "s3Bucket", "awsRegion", "metricsAddr", "prefetch",
-                           "maxBatchSize", "tensorParallel", "device", "shutdownGraceSeconds", "logFormat",
-                           "logLevel", "hfHome", "s3ForcePathStyle")]
+    # The worker's CLI: subcommand, flags and every variable name (crates/vargpt-worker/src).
+    check_manifest_contract(name, docs)
+    must = [n[k] for k in ("queuePrefix", "model", "s3Bucket", "awsRegion", "httpAddr", "tensorParallel",
+                           "concurrency", "batchMax", "engineBatch", "maxBatchTokens", "shutdownGraceSecs",
+                           "logFormat", "logLevel", "hfHome", "s3PathStyle")]
     check(f"{name}: worker gets every required setting as an env var", all(k in env for k in must),
           f"missing {[k for k in must if k not in env]}")
     secret_in_cm = [k for cm in cms.values() for k in (cm.get("data") or {})
                     if k in (n["amqpUrl"], n["awsSecretAccessKey"], n["awsAccessKeyId"], n["hfToken"])]
     check(f"{name}: credentials only come from Secrets", not secret_in_cm, str(secret_in_cm))
-    amqp_env = next((e for e in c.get("env", []) if e["name"] == n["amqpUrl"]), {})
-    check(f"{name}: broker URL from a secretKeyRef", "secretKeyRef" in (amqp_env.get("valueFrom") or {}))
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: vols.get(m["name"], {}) for m in c.get("volumeMounts", [])}
+    for v in vols.values():
+        sv = v.get("secret")
+        if sv:
+            s = secrets.get(sv["secretName"])
+            keys = [i["key"] for i in sv.get("items", [])]
+            check(f"{name}: secret volume {v['name']} -> Secret {sv['secretName']} {keys} exists",
+                  (s is not None and all(k in (s.get("data") or {}) for k in keys)) or sv["secretName"] in external)
+    amqp_env = next((e for e in c.get("env", []) if e["name"] == n["amqpUrl"]), None)
+    amqp_file = env.get(n["amqpUrlFile"])
+    file_vol = next((v for path, v in mounts.items() if amqp_file and amqp_file.startswith(path.rstrip("/") + "/")), {})
+    check(f"{name}: broker URL from a Secret (AMQP_URL secretKeyRef, or AMQP_URL_FILE on a Secret volume), not both",
+          (amqp_env is not None) != (amqp_file is not None)
+          and ("secretKeyRef" in ((amqp_env or {}).get("valueFrom") or {}) or "secret" in file_vol),
+          f"AMQP_URL={amqp_env} AMQP_URL_FILE={amqp_file} volume={file_vol}")
+    ca_file = env.get(n["amqpCaFile"])
+    if ca_file:
+        check(f"{name}: AMQP_CA_FILE lies on a mounted volume",
+              any(ca_file.startswith(path.rstrip("/") + "/") for path in mounts), f"{ca_file} not under {list(mounts)}")
     for sname, s in secrets.items():
         url = s.get("data", {}).get("amqp-url")
         if url:
@@ -826,17 +1293,27 @@ def cmd_k8s(args) -> None:
                   base64.b64decode(url).decode().startswith(("amqp://", "amqps://")))
 
     tp = int(env.get(n["tensorParallel"], "0"))
-    device = env.get(n["device"])
+    devices = [d for d in str(env.get(n["devices"]) or "").split(",") if d.strip()]
     limits = (c.get("resources") or {}).get("limits") or {}
     requests = (c.get("resources") or {}).get("requests") or {}
     gpu = next((v for k, v in limits.items() if k.endswith("/gpu")), None)
-    if device == "cuda":
-        check(f"{name}: GPU limit equals VARGPT_TP ({tp})", gpu is not None and int(gpu) == tp, f"limit {gpu}")
+    if gpu is not None:
+        check(f"{name}: GPU limit equals VARGPT_TP ({tp})", int(gpu) == tp, f"limit {gpu}")
+        # The device plugin numbers a pod's GPUs 0..n-1; without VARGPT_DEVICES
+        # (or VARGPT_CUDA_DEVICE) the worker computes on the CPU.
+        check(f"{name}: VARGPT_DEVICES lists the pod's {gpu} GPUs (0..{int(gpu) - 1})",
+              devices == [str(i) for i in range(int(gpu))], f"VARGPT_DEVICES={env.get(n['devices'])!r}")
         tag = c["image"].rsplit(":", 1)[-1] if "@" not in c["image"] else None
-        check(f"{name}: CUDA device uses the cuda image (tag *cuda*, or pinned by digest)",
+        check(f"{name}: GPU worker uses the cuda image (tag *cuda*, or pinned by digest)",
               tag is None or "cuda" in tag, c["image"])
+        conc = int(env.get(n["concurrency"], "1")) * int(env.get(n["batchMax"], "1"))
+        check(f"{name}: GPU worker has several jobs in flight (VARGPT_CONCURRENCY x VARGPT_BATCH_MAX = {conc}) "
+              "for the continuous batcher", conc > 1)
     else:
-        check(f"{name}: CPU worker: no GPU limit and VARGPT_TP=1", gpu is None and tp == 1, f"gpu={gpu} tp={tp}")
+        check(f"{name}: CPU worker: no GPU limit, VARGPT_TP=1, no VARGPT_DEVICES / VARGPT_CUDA_DEVICE",
+              tp == 1 and not devices and "VARGPT_CUDA_DEVICE" not in env, f"tp={tp} devices={devices}")
+        tag = c["image"].rsplit(":", 1)[-1] if "@" not in c["image"] else ""
+        check(f"{name}: CPU worker does not use the cuda image (it defaults to GPU 0)", "cuda" not in tag, c["image"])
     if tp > 1:
         mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
         check(f"{name}: tensor parallel pods mount /dev/shm", "/dev/shm" in mounts)
@@ -858,13 +1335,16 @@ def cmd_k8s(args) -> None:
         check(f"{name}: init container {ic['name']} is hardened",
               isc.get("readOnlyRootFilesystem") is True and isc.get("allowPrivilegeEscalation") is False)
 
-    grace = int(env.get(n["shutdownGraceSeconds"], "0"))
+    grace = int(env.get(n["shutdownGraceSecs"], "0"))
     tgps = spec.get("terminationGracePeriodSeconds", 30)
-    check(f"{name}: terminationGracePeriodSeconds ({tgps}) > VARGPT_SHUTDOWN_GRACE_SECONDS ({grace})", tgps > grace)
+    check(f"{name}: terminationGracePeriodSeconds ({tgps}) > VARGPT_SHUTDOWN_GRACE_SECS ({grace})", tgps > grace)
     check(f"{name}: preStop drain hook", bool(((c.get("lifecycle") or {}).get("preStop") or {})))
-    port = int(str(env.get(n["metricsAddr"], ":0")).rsplit(":", 1)[-1])
+    http_addr = str(env.get(n["httpAddr"], ":0"))
+    port = int(http_addr.rsplit(":", 1)[-1])
+    check(f"{name}: VARGPT_HTTP_ADDR listens on all interfaces (the worker's default 127.0.0.1 fails every probe)",
+          http_addr.rsplit(":", 1)[0] in ("0.0.0.0", "[::]"), http_addr)
     cports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-    check(f"{name}: container port 'metrics' = VARGPT_METRICS_ADDR port ({port})", cports.get("metrics") == port, str(cports))
+    check(f"{name}: container port 'metrics' = VARGPT_HTTP_ADDR port ({port})", cports.get("metrics") == port, str(cports))
     probes = {k: (c.get(k) or {}).get("httpGet", {}) for k in ("livenessProbe", "readinessProbe", "startupProbe")}
     check(f"{name}: liveness /healthz, readiness /readyz on the metrics port",
           probes["livenessProbe"].get("path") == "/healthz" and probes["readinessProbe"].get("path") == "/readyz"
@@ -903,8 +1383,9 @@ def cmd_k8s(args) -> None:
               ref.get("kind", "Deployment") == "Deployment" and ref["name"] == dep["metadata"]["name"])
         for trig in so["spec"]["triggers"]:
             md = trig.get("metadata", {})
-            check(f"{name}: rabbitmq trigger watches VARGPT_JOB_QUEUE",
-                  trig["type"] == "rabbitmq" and md.get("queueName") == env.get(n["jobQueue"]), str(md))
+            check(f"{name}: rabbitmq trigger watches the job queue, {{VARGPT_QUEUE_PREFIX}}.jobs",
+                  trig["type"] == "rabbitmq" and md.get("queueName") == f"{env.get(n['queuePrefix'])}.jobs",
+                  f"queueName={md.get('queueName')!r}, the worker consumes {env.get(n['queuePrefix'])}.jobs")
             check(f"{name}: trigger carries no credentials inline", "host" not in md and "password" not in md)
             auth = (trig.get("authenticationRef") or {}).get("name")
             ta = tas.get(auth)
@@ -939,6 +1420,16 @@ def cmd_k8s(args) -> None:
               not any(matches(s["spec"]["selector"], t["metadata"].get("labels", {})) for s in svcs))
 
 
+def cmd_contract(args) -> None:
+    """The contract checks alone, on any file (run.sh feeds it broken copies)."""
+    if args.dockerfile:
+        check_dockerfile_contract(Path(args.dockerfile).read_text())
+    if args.compose:
+        check_compose_contract(load_yaml(Path(args.compose)), dockerfile_cmd((ROOT / "Dockerfile").read_text()))
+    if args.manifest:
+        check_manifest_contract(args.name, [x for x in yaml.safe_load_all(Path(args.manifest).read_text()) if x])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -946,6 +1437,11 @@ def main() -> int:
     sub.add_parser("compose")
     p = sub.add_parser("dashboard")
     p.add_argument("--metrics-url", default=os.environ.get("METRICS_URL", ""))
+    p = sub.add_parser("contract", help="only the CLI contract checks (subcommands, flags, env names)")
+    p.add_argument("--compose")
+    p.add_argument("--manifest")
+    p.add_argument("--dockerfile")
+    p.add_argument("--name", default="manifest")
     p = sub.add_parser("k8s")
     p.add_argument("--name", required=True)
     p.add_argument("--file", required=True)
@@ -954,7 +1450,8 @@ def main() -> int:
     p.add_argument("--kube-version", action="append")
     args = ap.parse_args()
     try:
-        {"dockerfile": cmd_dockerfile, "compose": cmd_compose, "dashboard": cmd_dashboard, "k8s": cmd_k8s}[args.cmd](args)
+        {"dockerfile": cmd_dockerfile, "compose": cmd_compose, "dashboard": cmd_dashboard, "k8s": cmd_k8s,
+         "contract": cmd_contract}[args.cmd](args)
     except Exception as e:  # noqa: BLE001 - report, never crash silently
         import traceback  # noqa: PLC0415
         fail(f"{args.cmd}: checker crashed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")

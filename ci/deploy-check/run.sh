@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Static validation of the deployment files: Dockerfile, docker-compose.yml,
-# deploy/ (Prometheus, RabbitMQ, Grafana) and the Helm chart in helm/vargpt.
+# deploy/ (Prometheus, RabbitMQ, Grafana) and the Helm chart in helm/vargpt,
+# including their contract with the binaries: the subcommands, flags and
+# environment variables set on the worker / dispatcher must be ones that
+# crates/vargpt-worker/src and crates/vargpt-dispatcher/src define.
 # No Docker engine or Kubernetes cluster needed.
 #
 #   ci/deploy-check/run.sh [METRICS_URL]
@@ -173,7 +176,7 @@ declare -a SETS=(
     "gpu-tp2|-f $CHART/values-gpu-tp2.yaml|"
     "gpu-tp4|-f $CHART/values-gpu-tp4.yaml|"
     "toggles-on|-f $HERE/values/toggles-on.yaml|--external-secret hf-token"
-    "external-secrets|-f $HERE/values/external-secrets.yaml|--external-secret vargpt-broker --external-secret vargpt-s3 --external-secret rabbitmq-management --external-claim vargpt-models"
+    "external-secrets|-f $HERE/values/external-secrets.yaml|--external-secret vargpt-broker --external-secret vargpt-broker-ca --external-secret vargpt-s3 --external-secret rabbitmq-management --external-claim vargpt-models"
 )
 for entry in "${SETS[@]}"; do
     IFS='|' read -r name flags external <<<"$entry"
@@ -241,6 +244,57 @@ expect_fail "prefetch init container with a local model path" "hub id" "${T[@]}"
 expect_fail "broker URL that is not amqp(s)://" "amqp://" "${T[@]}" --set amqp.url=http://rabbitmq:15672
 expect_fail "S3 key id without secret key" "secretAccessKey is empty" "${T[@]}" --set s3.accessKeyId=AKIAEXAMPLE
 expect_fail "unknown image variant" "variant" "${T[@]}" --set image.variant=rocm
+expect_fail "CUDA image without GPUs" "needs gpu.enabled=true" "${T[@]}" --set image.variant=cuda
+expect_fail "draft value worker.jobQueue" "worker.queuePrefix" "${T[@]}" --set worker.jobQueue=vargpt.jobs
+expect_fail "draft value worker.maxBatchSize" "worker.concurrency" "${T[@]}" --set worker.maxBatchSize=4
+expect_fail "draft value s3.forcePathStyle" "s3.pathStyle" "${T[@]}" --set s3.forcePathStyle=true
+expect_fail "draft subcommand: worker.args=[amqp]" "subcommand serve" "${T[@]}" --set 'worker.args={amqp}'
+expect_fail "queue prefix with a space" "queuePrefix" "${T[@]}" --set 'worker.queuePrefix=my jobs'
+
+# --------------------------------------------------------------------------
+# The contract check (subcommands, flags and environment variable names set
+# on the worker / dispatcher vs. crates/*/src) must name what drifted. Each
+# case feeds it a copy of a deployment file broken the way a draft would be.
+section "Contract check catches drift (broken copies)"
+CONTRACT=("$PY" "$HERE/checks.py" contract)
+# drift NAME PATTERN FILE SED-EXPR KIND: apply SED-EXPR to FILE, expect a FAIL matching PATTERN.
+drift() {
+    local name=$1 pattern=$2 file=$3 expr=$4 kind=$5 copy
+    copy="$WORK/drift-$(printf '%s' "$name" | tr -c 'A-Za-z0-9' '_')-$(basename "$file")"
+    sed -e "$expr" "$file" >"$copy"
+    if cmp -s "$file" "$copy"; then
+        failed "drift: $name: the sed expression changed nothing (update the test)"
+        return
+    fi
+    expect_fail "drift: $name" "FAIL .*$pattern" "${CONTRACT[@]}" "--$kind" "$copy"
+}
+# contract_of_render NAME HELM-FLAGS...: render the chart, run the contract check on it.
+contract_of_render() {
+    local name=$1
+    shift
+    "$HELM" template drift "$CHART" "$@" >"$WORK/drift-$name.yaml" || return 1
+    "${CONTRACT[@]}" --name "$name" --manifest "$WORK/drift-$name.yaml"
+}
+C="$ROOT/docker-compose.yml"
+D="$ROOT/Dockerfile"
+drift "compose worker sets VARGPT_AMQP_URL" "VARGPT_AMQP_URL" "$C" 's/^  AMQP_URL:/  VARGPT_AMQP_URL:/' compose
+drift "compose worker sets VARGPT_METRICS_ADDR" "VARGPT_METRICS_ADDR" "$C" 's/^  VARGPT_HTTP_ADDR:/  VARGPT_METRICS_ADDR:/' compose
+drift "compose worker sets VARGPT_MAX_BATCH_SIZE" "VARGPT_MAX_BATCH_SIZE" "$C" 's/^  VARGPT_BATCH_MAX:/  VARGPT_MAX_BATCH_SIZE:/' compose
+drift "compose worker runs amqp" "'amqp'" "$C" 's/\["vargpt-worker", "serve"\]/["vargpt-worker", "amqp"]/' compose
+drift "compose dispatcher sets the worker's AMQP_URL" "dispatcher.*AMQP_URL" "$C" 's/^  VARGPT_AMQP_URL:/  AMQP_URL:/' compose
+drift "compose dispatcher publishes to another queue" "VARGPT_JOB_QUEUE" "$C" 's/^  VARGPT_JOB_QUEUE: .*/  VARGPT_JOB_QUEUE: vargpt.jobs.dlq/' compose
+drift "Dockerfile CMD runs amqp" "'amqp'" "$D" 's/^CMD \["vargpt-worker", "serve"\]/CMD ["vargpt-worker", "amqp"]/' dockerfile
+drift "Dockerfile ENV VARGPT_METRICS_ADDR" "VARGPT_METRICS_ADDR" "$D" 's/VARGPT_HTTP_ADDR=0.0.0.0:9090/VARGPT_METRICS_ADDR=0.0.0.0:9090/' dockerfile
+drift "Dockerfile builds a feature the worker lacks" "vargpt-worker/ncl" "$D" 's#vargpt-worker/nccl#vargpt-worker/ncl#' dockerfile
+expect_fail "drift: chart envNames.httpAddr=VARGPT_METRICS_ADDR" "FAIL .*VARGPT_METRICS_ADDR" \
+    contract_of_render envnames --set envNames.httpAddr=VARGPT_METRICS_ADDR
+expect_fail "drift: chart extraEnv VARGPT_SHUTDOWN_GRACE_SECONDS" "FAIL .*VARGPT_SHUTDOWN_GRACE_SECONDS" \
+    contract_of_render extraenv --set 'worker.extraEnv[0].name=VARGPT_SHUTDOWN_GRACE_SECONDS' \
+    --set-string 'worker.extraEnv[0].value=60'
+expect_fail "drift: chart runs a wrapped vargpt-worker amqp" "FAIL .*'amqp'" \
+    contract_of_render subcommand --set 'worker.command={/usr/local/bin/vargpt-worker}' --set 'worker.args={amqp}'
+expect_fail "drift: chart passes an unknown flag" "FAIL .*--metrics-addr" \
+    contract_of_render flag --set 'worker.args={serve,--metrics-addr,0.0.0.0:9090}'
 
 say ""
 say "deploy-check: $PASSED passed, $FAILED failed"

@@ -156,9 +156,35 @@ imagePullSecrets:
 {{- if or (not .Values.amqp.existingSecret) (and .Values.s3.accessKeyId (not .Values.s3.existingSecret)) }}true{{ end }}
 {{- end }}
 
-{{/* Device passed to the worker. */}}
+{{/* Where the worker computes: "cuda" with gpu.enabled, else "cpu" (for NOTES). */}}
 {{- define "vargpt.device" -}}
-{{- if .Values.worker.device }}{{ .Values.worker.device }}{{ else if .Values.gpu.enabled }}cuda{{ else }}cpu{{ end }}
+{{- if .Values.gpu.enabled }}cuda{{ else }}cpu{{ end }}
+{{- end }}
+
+{{/*
+GPU ordinals of the tensor-parallel ranks (VARGPT_DEVICES): 0..TP-1, i.e. every
+GPU the device plugin gave the pod. Without it the worker runs on the CPU.
+*/}}
+{{- define "vargpt.devices" -}}
+{{- join "," (until (int .Values.worker.tensorParallel)) }}
+{{- end }}
+
+{{/* The worker's queues, all derived from VARGPT_QUEUE_PREFIX. */}}
+{{- define "vargpt.jobQueue" -}}
+{{- printf "%s.jobs" .Values.worker.queuePrefix }}
+{{- end }}
+{{- define "vargpt.deadLetterQueue" -}}
+{{- printf "%s.dead" .Values.worker.queuePrefix }}
+{{- end }}
+
+{{/* Batches in flight (VARGPT_CONCURRENCY): null = 8 on GPUs (feeds the continuous batcher), 1 on CPU. */}}
+{{- define "vargpt.concurrency" -}}
+{{- if kindIs "invalid" .Values.worker.concurrency }}{{ if .Values.gpu.enabled }}8{{ else }}1{{ end }}{{ else }}{{ int .Values.worker.concurrency }}{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when the model is a hub id, not a path. */}}
+{{- define "vargpt.model.isHubId" -}}
+{{- if not (hasPrefix "/" .Values.model.source) }}true{{ end }}
 {{- end }}
 
 {{/* terminationGracePeriodSeconds: always longer than the longest job. */}}
@@ -179,6 +205,24 @@ imagePullSecrets:
 Fail early on inconsistent values (rendered from the Deployment).
 */}}
 {{- define "vargpt.validateValues" -}}
+{{- /* Values of the chart's draft, renamed to follow the worker's configuration. */}}
+{{- $renamed := list
+  (list .Values.worker "jobQueue" "worker.jobQueue" "worker.queuePrefix (the worker consumes <prefix>.jobs)")
+  (list .Values.worker "maxBatchSize" "worker.maxBatchSize" "worker.concurrency, worker.batchMax and worker.engineBatch")
+  (list .Values.worker "device" "worker.device" "gpu.enabled (the worker uses the GPUs in VARGPT_DEVICES)")
+  (list .Values.s3 "forcePathStyle" "s3.forcePathStyle" "s3.pathStyle")
+  (list .Values.model.prefetch "revision" "model.prefetch.revision" "model.revision") }}
+{{- range $renamed }}
+{{- if hasKey (index . 0) (index . 1) }}
+{{- fail (printf "%s was renamed: use %s" (index . 2) (index . 3)) }}
+{{- end }}
+{{- end }}
+{{- if and (eq (toJson .Values.worker.command) (toJson (list "vargpt-worker"))) (ne (first (default (list "") .Values.worker.args)) "serve") }}
+{{- fail (printf "worker.args must start with the subcommand serve (vargpt-worker serve), got %v" .Values.worker.args) }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9._-]+$" (toString .Values.worker.queuePrefix)) }}
+{{- fail "worker.queuePrefix must be [A-Za-z0-9._-]+" }}
+{{- end }}
 {{- $tp := int .Values.worker.tensorParallel }}
 {{- if lt $tp 1 }}
 {{- fail "worker.tensorParallel must be >= 1" }}
@@ -189,8 +233,8 @@ Fail early on inconsistent values (rendered from the Deployment).
 {{- if and .Values.gpu.enabled (ne .Values.image.variant "cuda") (not .Values.image.tag) (not .Values.image.digest) }}
 {{- fail "gpu.enabled=true needs the CUDA image: set image.variant=cuda (or an explicit image.tag/digest)" }}
 {{- end }}
-{{- if not (has (include "vargpt.device" .) (list "cpu" "cuda")) }}
-{{- fail "worker.device must be cpu or cuda" }}
+{{- if and (eq .Values.image.variant "cuda") (not .Values.gpu.enabled) }}
+{{- fail "image.variant=cuda needs gpu.enabled=true: the CUDA image runs the worker on GPU 0 (VARGPT_CUDA_DEVICE=0)" }}
 {{- end }}
 {{- if le (int (include "vargpt.terminationGracePeriodSeconds" .)) (int .Values.worker.maxJobDurationSeconds) }}
 {{- fail "worker.terminationGracePeriodSeconds must be greater than worker.maxJobDurationSeconds so in-flight jobs can finish" }}
