@@ -19,6 +19,39 @@ impl KvBuffer {
         self.len == 0
     }
 
+    /// The cached keys and values as `[heads, capacity, d]` f32 slices plus the capacity
+    /// (CPU f32 buffers only), for attention kernels that read them in place.
+    pub fn raw_f32(&self) -> Option<(&[f32], &[f32], usize)> {
+        use candle_core::{CpuStorage, Storage};
+        let (k, v) = (self.k.as_ref()?, self.v.as_ref()?);
+        let cap = k.dim(1).ok()?;
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        if kl.start_offset() != 0 || vl.start_offset() != 0 {
+            return None;
+        }
+        let kp = match &*ks {
+            Storage::Cpu(CpuStorage::F32(x)) => x.as_ptr(),
+            _ => return None,
+        };
+        let vp = match &*vs {
+            Storage::Cpu(CpuStorage::F32(x)) => x.as_ptr(),
+            _ => return None,
+        };
+        let n = k.elem_count();
+        drop((ks, vs));
+        // SAFETY: the buffers are owned by `self.k` / `self.v` and never reallocated
+        // in place; they are only written by `append(&mut self)`, which cannot run
+        // while the returned slices (borrowing `&self`) are alive.
+        Some(unsafe {
+            (
+                std::slice::from_raw_parts(kp, n),
+                std::slice::from_raw_parts(vp, n),
+                cap,
+            )
+        })
+    }
+
     /// Appends `k, v [heads, n, d]` and returns views of everything cached so far.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = k.dim(1)?;

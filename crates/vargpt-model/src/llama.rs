@@ -307,8 +307,26 @@ impl Attention {
         let v_all = self.v.forward(x)?;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
+        let fused = x.device().is_cpu() && x.dtype() == DType::F32;
         for (bufs, offset, l) in segments.iter_mut() {
             let (l, offset) = (*l, *offset);
+            if fused && l == 1 {
+                // A decode step: a dozen small candle ops per sequence and layer
+                // would cost more than the arithmetic, so RoPE and attention over
+                // the cache run in plain loops.
+                outs.push(self.decode_one(
+                    &q_all,
+                    &k_all,
+                    &v_all,
+                    row,
+                    &mut bufs[layer],
+                    offset,
+                    cos,
+                    sin,
+                )?);
+                row += 1;
+                continue;
+            }
             let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
                 Ok(t.narrow(0, row, l)?
                     .reshape((l, n, d))?
@@ -351,6 +369,79 @@ impl Attention {
             Tensor::cat(&outs, 0)?
         };
         self.o.forward(&o)
+    }
+}
+
+impl Attention {
+    /// One new token of one sequence (CPU, f32): rotary embedding, cache append and
+    /// softmax attention over all cached positions, numerically the same as the
+    /// tensor path (f32, max-subtracted softmax).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_one(
+        &self,
+        q_all: &Tensor,
+        k_all: &Tensor,
+        v_all: &Tensor,
+        row: usize,
+        buf: &mut KvBuffer,
+        pos: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let d = self.head_dim;
+        let half = d / 2;
+        let get =
+            |t: &Tensor| -> Result<Vec<f32>> { Ok(t.narrow(0, row, 1)?.flatten_all()?.to_vec1()?) };
+        let (mut q, mut k, v) = (get(q_all)?, get(k_all)?, get(v_all)?);
+        let c: Vec<f32> = cos.narrow(0, pos, 1)?.flatten_all()?.to_vec1()?;
+        let s: Vec<f32> = sin.narrow(0, pos, 1)?.flatten_all()?.to_vec1()?;
+        let rope = |x: &mut [f32]| {
+            for head in x.chunks_mut(d) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * c[i] - b * s[i];
+                    head[i + half] = b * c[i] + a * s[i];
+                }
+            }
+        };
+        rope(&mut q);
+        rope(&mut k);
+        let dev = q_all.device();
+        let kt = Tensor::from_vec(k, (self.kv_heads, 1, d), dev)?;
+        let vt = Tensor::from_vec(v, (self.kv_heads, 1, d), dev)?;
+        buf.append(&kt, &vt)?;
+        let (kc, vc, cap) = buf
+            .raw_f32()
+            .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
+        let t = buf.len();
+        let rep = self.heads / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; self.heads * d];
+        let mut scores = vec![0f32; t];
+        for h in 0..self.heads {
+            let base = (h / rep) * cap * d;
+            let qh = &q[h * d..(h + 1) * d];
+            let mut max = f32::NEG_INFINITY;
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let kj = &kc[base + j * d..base + (j + 1) * d];
+                *sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(*sc);
+            }
+            let mut sum = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let o = &mut out[h * d..(h + 1) * d];
+            for (j, p) in scores.iter().enumerate() {
+                let w = p / sum;
+                let vj = &vc[base + j * d..base + (j + 1) * d];
+                for (oi, vi) in o.iter_mut().zip(vj) {
+                    *oi += w * vi;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (1, self.heads * d), dev)?)
     }
 }
 
