@@ -10,7 +10,7 @@
 use sha2::{Digest, Sha256};
 
 /// The contract's limit (proto `Job.id`).
-pub const MAX_ID_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = vargpt_proto::JOB_ID_MAX_LEN;
 /// Hex digits of the hash part: 64 bits, collision-free in practice for any
 /// dataset a dispatcher run will see.
 const HASH_HEX: usize = 16;
@@ -45,7 +45,11 @@ pub fn derive_id(name: &str, fields: &[&str]) -> String {
 pub fn sanitize(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
-        let c = if is_id_char(c) { c } else { '-' };
+        let c = if c.is_ascii_alphanumeric() || "._:-".contains(c) {
+            c
+        } else {
+            '-'
+        };
         if c == '-' && out.ends_with('-') {
             continue;
         }
@@ -57,31 +61,9 @@ pub fn sanitize(name: &str) -> String {
     tail.trim_start_matches(['.', '-']).to_string()
 }
 
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "._:-".contains(c)
-}
-
-/// Checks a user-given id against the contract: 1-128 characters of
-/// `[A-Za-z0-9._:-]`, not starting with `.`.
+/// Checks a user-given id against the contract (the same rule the worker applies).
 pub fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("id is empty".into());
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(format!(
-            "id is {} characters, at most {MAX_ID_LEN} allowed",
-            id.len()
-        ));
-    }
-    if let Some(bad) = id.chars().find(|c| !is_id_char(*c)) {
-        return Err(format!(
-            "id {id:?} has the character {bad:?}; allowed are [A-Za-z0-9._:-]"
-        ));
-    }
-    if id.starts_with('.') {
-        return Err(format!("id {id:?} starts with '.'"));
-    }
-    Ok(())
+    vargpt_proto::check_id(id).map_err(|e| e.message)
 }
 
 #[cfg(test)]

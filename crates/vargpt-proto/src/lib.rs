@@ -23,10 +23,15 @@ pub use code::ErrorCode;
 pub use job::{ImageInput, Job, JobKind, SamplingParams};
 pub use limits::Limits;
 pub use result::{ErrorInfo, ImageLocation, JobResult, ResultStatus, Timings};
-pub use validate::{parse_job, ImageSource, JobHints, Rejected, ValidJob, ValidationError};
+pub use validate::{
+    check_id, parse_job, ImageSource, JobHints, Rejected, ValidJob, ValidationError,
+};
 
 /// The schema version this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The content type of every message on the wire.
 pub const CONTENT_TYPE: &str = "application/json";
+
+/// Longest job id the contract allows (see [`check_id`]).
+pub const JOB_ID_MAX_LEN: usize = limits::ranges::ID_MAX_LEN;

@@ -231,25 +231,34 @@ fn validate(job: Job, limits: &Limits) -> Result<ValidJob, ValidationError> {
     })
 }
 
-/// Ids become object keys and log fields: keep them short and inert.
-fn check_id(id: &str) -> Result<(), ValidationError> {
+/// Ids become object keys and log fields: keep them short and inert —
+/// 1-128 characters of `[A-Za-z0-9._:-]`, not starting with `.`. Clients (the
+/// dispatcher) check ids with this same function before sending.
+pub fn check_id(id: &str) -> Result<(), ValidationError> {
+    let invalid = |m: String| Err(ValidationError::new(ErrorCode::InvalidId, m));
     if id.is_empty() {
         return Err(ValidationError::new(
             ErrorCode::MissingField,
             "id is required",
         ));
     }
-    let ok_chars = id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
-    if id.len() > ranges::ID_MAX_LEN || !ok_chars || id.starts_with('.') {
-        return Err(ValidationError::new(
-            ErrorCode::InvalidId,
-            format!(
-                "id must be 1-{} characters of [A-Za-z0-9._:-], not starting with '.'",
-                ranges::ID_MAX_LEN
-            ),
+    if id.len() > ranges::ID_MAX_LEN {
+        return invalid(format!(
+            "id is {} characters, at most {} allowed",
+            id.len(),
+            ranges::ID_MAX_LEN
         ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:-".contains(*c)))
+    {
+        return invalid(format!(
+            "id {id:?} has the character {bad:?}; allowed are [A-Za-z0-9._:-]"
+        ));
+    }
+    if id.starts_with('.') {
+        return invalid(format!("id {id:?} starts with '.'"));
     }
     Ok(())
 }
