@@ -18,7 +18,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::time::Instant;
 use vargpt_engine::generate::prefill;
-use vargpt_engine::{Engine, LoadOptions, Request, SamplingParams, Task};
+use vargpt_engine::{
+    Engine, LoadOptions, NoObserver, Request, RngNoise, SamplingParams, Sequence, Task,
+};
 
 #[derive(Parser)]
 struct Cli {
@@ -232,6 +234,33 @@ fn batch_throughput(m: &ModelArgs, batch: usize, tokens: usize) -> Result<()> {
     }
     let sn = t.elapsed().as_secs_f64();
     let (tps1, tpsn) = (gen1 as f64 / s1, gen_n as f64 / sn);
+    // Decode steps only (prompts already prefilled): what batching changes.
+    let decode_only = |group: &[Request]| -> Result<(usize, f64)> {
+        let mut seqs = group
+            .iter()
+            .map(|r| e.start(r, Box::new(RngNoise), Box::new(NoObserver)))
+            .collect::<Result<Vec<_>, _>>()?;
+        e.step(&mut seqs.iter_mut().collect::<Vec<_>>())?; // prefill, untimed
+        let first: usize = seqs.iter().map(|s| s.generated()).sum();
+        let t = Instant::now();
+        loop {
+            let mut active: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.is_done()).collect();
+            if active.is_empty() {
+                break;
+            }
+            e.step(&mut active)?;
+        }
+        let total: usize = seqs.iter().map(|s| s.generated()).sum();
+        Ok((total - first, t.elapsed().as_secs_f64()))
+    };
+    let (mut d1_tokens, mut d1_s) = (0, 0.0);
+    for r in &reqs {
+        let (n, s) = decode_only(std::slice::from_ref(r))?;
+        d1_tokens += n;
+        d1_s += s;
+    }
+    let (dn_tokens, dn_s) = decode_only(&reqs)?;
+    let (d1, dn) = (d1_tokens as f64 / d1_s, dn_tokens as f64 / dn_s);
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
@@ -239,6 +268,7 @@ fn batch_throughput(m: &ModelArgs, batch: usize, tokens: usize) -> Result<()> {
             "batch1": {"seconds": s1, "tokens": gen1, "tok_per_s": tps1},
             "batchN": {"batch": batch, "seconds": sn, "tokens": gen_n, "tok_per_s": tpsn},
             "ratio": tpsn / tps1,
+            "decode_only": {"batch1_tok_per_s": d1, "batchN_tok_per_s": dn, "ratio": dn / d1},
         }))?
     );
     Ok(())

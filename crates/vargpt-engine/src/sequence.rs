@@ -72,6 +72,11 @@ impl<'a> Sequence<'a> {
         }
     }
 
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.ids.len()
+    }
+
     pub fn request_task(&self) -> crate::request::Task {
         self.task
     }
