@@ -417,10 +417,13 @@ impl Attention {
         let rep = self.heads / self.kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; self.heads * d];
-        let mut scores = vec![0f32; t];
-        for h in 0..self.heads {
+        // Heads are independent: spread them over the cores (the projections
+        // around this use them all; attention would otherwise run on one).
+        use rayon::prelude::*;
+        out.par_chunks_mut(d).enumerate().for_each(|(h, o)| {
             let base = (h / rep) * cap * d;
             let qh = &q[h * d..(h + 1) * d];
+            let mut scores = vec![0f32; t];
             let mut max = f32::NEG_INFINITY;
             for (j, sc) in scores.iter_mut().enumerate() {
                 let kj = &kc[base + j * d..base + (j + 1) * d];
@@ -432,7 +435,6 @@ impl Attention {
                 *sc = (*sc - max).exp();
                 sum += *sc;
             }
-            let o = &mut out[h * d..(h + 1) * d];
             for (j, p) in scores.iter().enumerate() {
                 let w = p / sum;
                 let vj = &vc[base + j * d..base + (j + 1) * d];
@@ -440,7 +442,7 @@ impl Attention {
                     *oi += w * vi;
                 }
             }
-        }
+        });
         Ok(Tensor::from_vec(out, (1, self.heads * d), dev)?)
     }
 }
