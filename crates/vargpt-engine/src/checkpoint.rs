@@ -249,13 +249,7 @@ fn init_values(spec: &TensorSpec, cfg: &VargptConfig, rng: &mut StdRng) -> Vec<f
         (0..n).map(|_| d.sample(rng)).collect()
     };
     if name.ends_with("attn_bias_for_masking") {
-        let var = cfg.var();
-        let lvl: Vec<usize> = var
-            .patch_nums
-            .iter()
-            .enumerate()
-            .flat_map(|(k, p)| std::iter::repeat_n(k, p * p))
-            .collect();
+        let lvl = cfg.var().token_stages();
         let l = lvl.len();
         return (0..l * l)
             .map(|i| {
@@ -365,13 +359,11 @@ pub fn make_checkpoint(dir: &Path, spec: &CheckpointSpec) -> Result<usize, Engin
     let mut shard_size = 0usize;
     for s in &specs {
         let (dtype, bytes) = if s.integer {
-            let var = cfg.var();
-            let lvl: Vec<u8> = var
-                .patch_nums
-                .iter()
-                .enumerate()
-                .flat_map(|(k, p)| std::iter::repeat_n(k as i64, p * p))
-                .flat_map(|v| v.to_le_bytes())
+            let lvl: Vec<u8> = cfg
+                .var()
+                .token_stages()
+                .into_iter()
+                .flat_map(|k| (k as i64).to_le_bytes())
                 .collect();
             (safetensors::Dtype::I64, lvl)
         } else {

@@ -77,10 +77,6 @@ impl<'a> Sequence<'a> {
         self.ids.len()
     }
 
-    pub fn request_task(&self) -> crate::request::Task {
-        self.task
-    }
-
     pub(crate) fn new_parts(req: &Request) -> (TextSampler, ImageSampling) {
         let p = &req.params;
         (

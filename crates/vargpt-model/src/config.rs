@@ -149,6 +149,15 @@ impl VarConfig {
         }
         out
     }
+    /// Stage of every image token, in order (`lvl_1L`).
+    pub fn token_stages(&self) -> Vec<usize> {
+        self.patch_nums
+            .iter()
+            .enumerate()
+            .flat_map(|(k, p)| std::iter::repeat_n(k, p * p))
+            .collect()
+    }
+
     /// Side of the final latent map (`PN[-1]`).
     pub fn latent_side(&self) -> usize {
         *self.patch_nums.last().unwrap_or(&1)

@@ -5,7 +5,7 @@ use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
 use crate::nn::{silu, softmax_last, Linear, RmsNorm, RowParallel};
-use crate::tp::{check_divisible, Shard};
+use crate::tp::{check_divisible, on_all_ranks, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, Tensor};
 
@@ -75,7 +75,6 @@ pub struct Llama {
     ranks: Vec<RankLayers>,
     norm: RmsNorm,
     lm_head: Linear,
-    head_dim: usize,
     max_positions: usize,
 }
 
@@ -156,7 +155,6 @@ impl Llama {
             ranks,
             norm: RmsNorm::load(&m.pp("norm"), cfg.rms_norm_eps)?,
             lm_head,
-            head_dim: cfg.head_dim(),
             max_positions: cfg.max_position_embeddings,
         })
     }
@@ -224,23 +222,9 @@ impl Llama {
                 per_rank[r].push((bufs, offset, *l));
             }
         }
-        let h = if world == 1 {
-            self.ranks[0].forward(x, &mut per_rank[0])?
-        } else {
-            std::thread::scope(|s| {
-                let mut it = per_rank.into_iter().zip(&self.ranks);
-                let (mut seg0, rank0) = it.next().expect("rank 0");
-                let handles: Vec<_> = it
-                    .map(|(mut seg, rank)| s.spawn(move || rank.forward(x, &mut seg)))
-                    .collect();
-                let h0 = rank0.forward(x, &mut seg0);
-                for h in handles {
-                    h.join()
-                        .map_err(|_| ModelError::Input("tensor-parallel rank panicked".into()))??;
-                }
-                h0
-            })?
-        };
+        let h = on_all_ranks(&self.ranks, per_rank, |rank, mut seg| {
+            rank.forward(x, &mut seg)
+        })?;
         for (cache, l) in segments.iter_mut() {
             cache.len += *l;
         }
@@ -250,10 +234,6 @@ impl Llama {
     /// Hidden states → vocabulary logits (f32).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
     }
 }
 

@@ -129,6 +129,37 @@ impl Shard {
     }
 }
 
+/// Runs `f` on every tensor-parallel rank with that rank's part: rank 0 on the
+/// calling thread, the others on scoped threads, all in lockstep through their
+/// all-reduces. Returns rank 0's result (after the all-reduces every rank holds
+/// the same value). With one rank nothing is spawned.
+pub fn on_all_ranks<R, P, T, F>(ranks: &[R], parts: Vec<P>, f: F) -> crate::error::Result<T>
+where
+    R: Sync,
+    P: Send,
+    T: Send,
+    F: Fn(&R, P) -> crate::error::Result<T> + Sync,
+{
+    let mut it = parts.into_iter().zip(ranks);
+    let (part0, rank0) = it.next().expect("at least one rank");
+    if ranks.len() == 1 {
+        return f(rank0, part0);
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = it
+            .map(|(part, rank)| s.spawn(move || f(rank, part)))
+            .collect();
+        let r0 = f(rank0, part0);
+        for h in handles {
+            h.join().map_err(|_| {
+                crate::error::ModelError::Input("tensor-parallel rank panicked".into())
+            })??;
+        }
+        r0
+    })
+}
+
 /// Checks that `what` (`n` heads or units) splits evenly over `world` ranks.
 pub fn check_divisible(what: &str, n: usize, world: usize) -> Result<(), String> {
     if world == 0 || !n.is_multiple_of(world) {

@@ -6,7 +6,7 @@ use crate::config::VarConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
 use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear, RowParallel};
-use crate::tp::{check_divisible, Shard};
+use crate::tp::{check_divisible, on_all_ranks, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
@@ -114,12 +114,7 @@ impl Var {
             });
         }
         // lvl_pos[j] = lvl_embed[stage(j)] + pos_1LC[j]; lvl_1L is recomputed from patch_nums.
-        let lvl: Vec<u32> = cfg
-            .patch_nums
-            .iter()
-            .enumerate()
-            .flat_map(|(k, p)| std::iter::repeat_n(k as u32, p * p))
-            .collect();
+        let lvl: Vec<u32> = cfg.token_stages().into_iter().map(|k| k as u32).collect();
         let lvl = Tensor::new(lvl, vb.device())?;
         let lvl_embed = vb.get("lvl_embed.weight")?;
         let lvl_pos = (lvl_embed.index_select(&lvl, 0)? + vb.get("pos_1LC")?.i(0)?)?;
@@ -195,25 +190,9 @@ impl Var {
                 per_rank[r].push((bufs, *l));
             }
         }
-        let x = if world == 1 {
-            self.ranks[0].forward(x, &sc, &self.ln, &mut per_rank[0])?
-        } else {
-            std::thread::scope(|s| {
-                let mut it = per_rank.into_iter().zip(&self.ranks);
-                let (mut seg0, rank0) = it.next().expect("rank 0");
-                let sc = &sc;
-                let ln = &self.ln;
-                let handles: Vec<_> = it
-                    .map(|(mut seg, rank)| s.spawn(move || rank.forward(x, sc, ln, &mut seg)))
-                    .collect();
-                let x0 = rank0.forward(x, sc, ln, &mut seg0);
-                for h in handles {
-                    h.join()
-                        .map_err(|_| ModelError::Input("tensor-parallel rank panicked".into()))??;
-                }
-                x0
-            })?
-        };
+        let x = on_all_ranks(&self.ranks, per_rank, |rank, mut seg| {
+            rank.forward(x, &sc, &self.ln, &mut seg)
+        })?;
         let x = x.to_device(self.class_emb.device())?;
         let c = x.dim(D::Minus1)?;
         let a = self.head_nm_ada.forward(&sc)?; // [1, 2C]
