@@ -60,6 +60,16 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// One 3×3 "same" convolution (the VQVAE decoder's workhorse): ours versus
+    /// candle's conv2d, same input, in one run.
+    Conv {
+        #[arg(long, default_value_t = 160)]
+        channels: usize,
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// Caption throughput, batch 1 versus batch N (continuous batching engine).
     Batch {
         #[command(flatten)]
@@ -85,6 +95,11 @@ fn main() -> Result<()> {
             tokens,
         } => batch_throughput(&model, batch, tokens),
         Cmd::Components { model } => components(&model),
+        Cmd::Conv {
+            channels,
+            side,
+            repeat,
+        } => conv(channels, side, repeat),
     }
 }
 
@@ -269,6 +284,50 @@ fn batch_throughput(m: &ModelArgs, batch: usize, tokens: usize) -> Result<()> {
             "batchN": {"batch": batch, "seconds": sn, "tokens": gen_n, "tok_per_s": tpsn},
             "ratio": tpsn / tps1,
             "decode_only": {"batch1_tok_per_s": d1, "batchN_tok_per_s": dn, "ratio": dn / d1},
+        }))?
+    );
+    Ok(())
+}
+
+fn conv(c: usize, side: usize, repeat: usize) -> Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, c, side, side), &dev)?;
+    let w = Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev)?;
+    let b = Tensor::randn(0f32, 1.0, c, &dev)?;
+    let best = |f: &dyn Fn() -> Result<Tensor>| -> Result<(f64, Tensor)> {
+        let mut out = f()?; // warm-up
+        let mut s = f64::INFINITY;
+        for _ in 0..repeat {
+            let t = Instant::now();
+            out = f()?;
+            s = s.min(t.elapsed().as_secs_f64());
+        }
+        Ok((s, out))
+    };
+    use vargpt_model::conv::{conv2d_same_f32_with, ConvAlgo};
+    let (candle_s, want) = best(&|| {
+        Ok(x.conv2d(&w, 1, 1, 1, 1)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?)?)
+    })?;
+    let gflop = 2.0 * (c * c * 9 * side * side) as f64 / 1e9;
+    let mut rows = serde_json::Map::new();
+    for (name, algo) in [
+        ("auto", ConvAlgo::Auto),
+        ("winograd", ConvAlgo::Winograd),
+        ("shifted_gemm", ConvAlgo::ShiftedGemm),
+    ] {
+        let (s, out) = best(&|| Ok(conv2d_same_f32_with(&x, &w, &b, algo)?))?;
+        let err: f32 = (out - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
+        rows.insert(
+            name.into(),
+            json!({"s": s, "speedup_vs_candle": candle_s / s, "effective_gflops": gflop / s, "max_abs_diff": err}),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "channels": c, "side": side, "gflop_direct": gflop,
+            "candle_s": candle_s, "candle_gflops": gflop / candle_s, "ours": rows,
         }))?
     );
     Ok(())

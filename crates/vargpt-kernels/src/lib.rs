@@ -74,6 +74,7 @@ use std::sync::OnceLock;
 
 pub use half::{bf16, f16};
 
+pub mod act;
 mod par;
 mod scalar;
 #[cfg(target_arch = "x86_64")]

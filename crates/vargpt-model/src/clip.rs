@@ -4,7 +4,7 @@ use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::nn::{quick_gelu, softmax_last, LayerNorm, Linear};
 use crate::weights::Vb;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 struct ClipAttention {
     q: Linear,
@@ -35,9 +35,39 @@ impl ClipAttention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split((self.q.forward(x)? * self.scale)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
+        let q = (self.q.forward(x)? * self.scale)?;
+        let (k, v) = (self.k.forward(x)?, self.v.forward(x)?);
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            // Plain-loop attention (see `attn_cpu`), image by image.
+            let mut outs = Vec::with_capacity(n);
+            for b in 0..n {
+                let rows =
+                    |y: &Tensor| -> Result<Vec<f32>> { Ok(y.get(b)?.flatten_all()?.to_vec1()?) };
+                let heads_major = |y: &Tensor| -> Result<Vec<f32>> {
+                    Ok(y.get(b)?
+                        .reshape((t, self.heads, d))?
+                        .transpose(0, 1)?
+                        .flatten_all()?
+                        .to_vec1()?)
+                };
+                let o = crate::attn_cpu::attend(
+                    &rows(&q)?,
+                    t,
+                    self.heads,
+                    self.heads,
+                    d,
+                    &heads_major(&k)?,
+                    &heads_major(&v)?,
+                    t,
+                    |_| t,
+                    1.0,
+                );
+                outs.push(Tensor::from_vec(o, (t, c), x.device())?);
+            }
+            return self.out.forward(&Tensor::stack(&outs, 0)?);
+        }
+        let q = split(q)?;
+        let (k, v) = (split(k)?, split(v)?);
         let att = softmax_last(&q.matmul(&k.transpose(2, 3)?.contiguous()?)?)?;
         let o = att.matmul(&v)?.transpose(1, 2)?.reshape((n, t, c))?;
         self.out.forward(&o)

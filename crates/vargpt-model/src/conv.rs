@@ -1,87 +1,159 @@
-//! 3×3 (and 1×1) convolutions for the VQVAE decoder as sums of shifted GEMMs.
+//! Convolutions for the VQVAE decoder on CPU (f32).
 //!
 //! candle's CPU conv2d materialises an im2col matrix (9·C_in·H·W floats — 380 MB per
-//! 160-channel conv at 256×256) before its GEMM. Here the input is zero-padded once
-//! and each of the 9 taps is one GEMM reading the padded plane in place: computing
-//! the output over the padded width turns every shifted window into a plain strided
-//! matrix, so no copy per tap is needed. Two garbage columns per row are dropped at
-//! the end. Same arithmetic (f32 accumulate), a fraction of the memory traffic.
+//! 160-channel conv at 256×256) before its GEMM. Here:
+//! - 3×3 convolutions use Winograd F(2×2, 3×3) (2.25× fewer multiply-adds, computed
+//!   block by block so the transformed tiles stay in cache);
+//! - other odd kernels (1×1) are sums of shifted GEMMs: the input is zero-padded once
+//!   and each tap is one GEMM reading the padded plane in place (computing the output
+//!   over the padded width turns every shifted window into a plain strided matrix);
+//!   two garbage columns per row are dropped at the end.
 
+use crate::cpu_ops::with_f32;
 use crate::error::Result;
 use candle_core::{DType, Tensor};
 
+/// How a 3×3 convolution is computed (`Auto` picks by image size; the others exist
+/// for the benchmark and the tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvAlgo {
+    Auto,
+    Winograd,
+    ShiftedGemm,
+}
+
+/// Below this many output pixels the Winograd GEMMs are too thin (few tiles) to beat
+/// the nine shifted GEMMs (measured with `bench conv`).
+const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
+
 /// `x [1, C_in, H, W]` (f32) ⊛ `w [C_out, C_in, k, k]` + `b`, stride 1, "same" padding.
 pub fn conv2d_same_f32(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    conv2d_same_f32_with(x, w, b, ConvAlgo::Auto)
+}
+
+/// [`conv2d_same_f32`] with an explicit algorithm for 3×3 kernels.
+pub fn conv2d_same_f32_with(x: &Tensor, w: &Tensor, b: &Tensor, algo: ConvAlgo) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let (cout, cin_w, kh, kw) = w.dims4()?;
-    if n != 1
-        || cin != cin_w
-        || kh != kw
-        || kh % 2 == 0
-        || x.dtype() != DType::F32
-        || w.dtype() != DType::F32
-    {
-        // Unusual cases: candle's general path.
-        let y = x.conv2d(w, kh / 2, 1, 1, 1)?;
-        return Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?);
+    if n != 1 || cin != cin_w || kh != kw || kh % 2 == 0 {
+        return candle_conv(x, w, b);
     }
-    let pad = kh / 2;
-    let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
-    let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
     let bv: Vec<f32> = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    // Padded input with one extra row so the last tap's window stays in bounds.
-    let plane = (hp + 1) * wp;
-    let mut xp = vec![0f32; cin * plane];
-    for c in 0..cin {
-        for y in 0..h {
-            let src = &xv[(c * h + y) * wd..(c * h + y + 1) * wd];
-            let dst = c * plane + (y + pad) * wp + pad;
-            xp[dst..dst + wd].copy_from_slice(src);
-        }
+    let winograd = kh == 3
+        && match algo {
+            ConvAlgo::Auto => h * wd >= WINOGRAD_MIN_PIXELS,
+            ConvAlgo::Winograd => true,
+            ConvAlgo::ShiftedGemm => false,
+        };
+    let y = with_f32(x, |xv| {
+        with_f32(w, |wv| {
+            let mut y = vec![0f32; cout * h * wd];
+            if winograd {
+                conv3x3_winograd(xv, cin, h, wd, wv, cout, &bv, &mut y);
+            } else {
+                conv_shifted_gemm(xv, cin, h, wd, wv, cout, kh, &bv, &mut y);
+            }
+            y
+        })
+    })
+    .flatten();
+    match y {
+        Some(y) => Ok(Tensor::from_vec(y, (1, cout, h, wd), x.device())?),
+        // Not CPU f32 (or not contiguous): candle's general path.
+        None => candle_conv(x, w, b),
     }
+}
+
+fn candle_conv(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = x.conv2d(w, w.dim(2)? / 2, 1, 1, 1)?;
+    Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?)
+}
+
+/// Sum over the k² taps of one GEMM each (see the module doc); 1×1 is one plain GEMM.
+#[allow(clippy::too_many_arguments)]
+fn conv_shifted_gemm(
+    xv: &[f32],
+    cin: usize,
+    h: usize,
+    wd: usize,
+    wv: &[f32],
+    cout: usize,
+    k: usize,
+    bv: &[f32],
+    y: &mut [f32],
+) {
+    let pad = k / 2;
+    let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
+    // Padded input with one extra row so the last tap's window stays in bounds
+    // (no copy at all for 1×1).
+    let plane = if pad == 0 { h * wd } else { (hp + 1) * wp };
+    let padded;
+    let xp: &[f32] = if pad == 0 {
+        xv
+    } else {
+        let mut buf = vec![0f32; cin * plane];
+        for c in 0..cin {
+            for r in 0..h {
+                let src = &xv[(c * h + r) * wd..(c * h + r + 1) * wd];
+                let dst = c * plane + (r + pad) * wp + pad;
+                buf[dst..dst + wd].copy_from_slice(src);
+            }
+        }
+        padded = buf;
+        &padded
+    };
     let p = h * wp; // output positions over the padded width
-    let mut out = vec![0f32; cout * p];
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    for dy in 0..kh {
-        for dx in 0..kw {
-            let tap = dy * kw + dx;
-            let off = dy * wp + dx;
-            // SAFETY: lhs is w[:, :, dy, dx] (cout × cin, row stride cin·k², col stride k²),
-            // rhs is the padded input shifted by `off` (cin × p, row stride `plane`, col
-            // stride 1; off + p ≤ plane thanks to the extra row), dst is cout × p.
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    p,
-                    cin,
-                    out.as_mut_ptr(),
-                    1,
-                    p as isize,
-                    tap > 0,
-                    wv.as_ptr().add(tap),
-                    (kh * kw) as isize,
-                    (cin * kh * kw) as isize,
-                    xp.as_ptr().add(off),
-                    1,
-                    plane as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
+    let run_taps = |out: &mut [f32]| {
+        for dy in 0..k {
+            for dx in 0..k {
+                let tap = dy * k + dx;
+                let off = dy * wp + dx;
+                // SAFETY: lhs is w[:, :, dy, dx] (cout × cin, row stride cin·k², col
+                // stride k²), rhs is the padded input shifted by `off` (cin × p, row
+                // stride `plane`, col stride 1; off + p ≤ plane thanks to the extra
+                // row), dst is cout × p.
+                unsafe {
+                    gemm::gemm(
+                        cout,
+                        p,
+                        cin,
+                        out.as_mut_ptr(),
+                        1,
+                        p as isize,
+                        tap > 0,
+                        wv.as_ptr().add(tap),
+                        (k * k) as isize,
+                        (cin * k * k) as isize,
+                        xp.as_ptr().add(off),
+                        1,
+                        plane as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
             }
         }
+    };
+    if pad == 0 {
+        run_taps(y);
+        for (co, row) in y.chunks_mut(h * wd).enumerate() {
+            row.iter_mut().for_each(|v| *v += bv[co]);
+        }
+        return;
     }
+    let mut out = vec![0f32; cout * p];
+    run_taps(&mut out);
     // Drop the padding columns and add the bias.
-    let mut y = vec![0f32; cout * h * wd];
     for co in 0..cout {
         for r in 0..h {
             let src = &out[co * p + r * wp..co * p + r * wp + wd];
@@ -91,8 +163,216 @@ pub fn conv2d_same_f32(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             }
         }
     }
-    Ok(Tensor::from_vec(y, (1, cout, h, wd), x.device())?)
 }
+
+/// Winograd F(2×2, 3×3) for stride-1 "same" 3×3 convolutions: each 2×2 output tile
+/// costs 16 multiply-adds per (C_out, C_in) pair instead of 36, i.e. the GEMM work
+/// drops 2.25×. The transforms only use 0, ±½, ±1, so rounding stays at the level of
+/// the direct convolution (checked against candle's conv2d below).
+///
+/// Tiles are processed in blocks of whole tile rows (about 256 tiles: measured best), in parallel; per block the 16
+/// transformed planes are one GEMM each, kept in cache. The transforms run a tile
+/// row at a time over even/odd de-interleaved rows, so their inner loops are plain
+/// element-wise slice arithmetic the compiler vectorises.
+#[allow(clippy::too_many_arguments)]
+fn conv3x3_winograd(
+    x: &[f32],
+    cin: usize,
+    h: usize,
+    w: usize,
+    wt: &[f32],
+    cout: usize,
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let u = winograd_filters(wt, cout, cin);
+    let threads = rayon::current_num_threads();
+    // Tile rows per block: about 256 tiles, at least one row, and enough blocks to
+    // keep every thread busy when the image allows it.
+    let rows_per_block = (256 / tw).clamp(1, th.div_ceil(threads).max(1));
+    let blocks = th.div_ceil(rows_per_block);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..blocks).into_par_iter().for_each(|b| {
+        let r0 = b * rows_per_block;
+        let r1 = (r0 + rows_per_block).min(th);
+        let nt = (r1 - r0) * tw;
+        // V[e][ci][t]: the transformed input tiles.
+        let mut v = vec![0f32; 16 * cin * nt];
+        // Per input row i of the tile row: even (x = 2k−1) and odd (x = 2k) columns,
+        // k = 0 … tw, zero outside the image; then the same after combining along y.
+        let mut raw = vec![0f32; 8 * (tw + 1)];
+        let mut comb = vec![0f32; 8 * (tw + 1)];
+        for ci in 0..cin {
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            for tr in r0..r1 {
+                raw.fill(0.0);
+                for i in 0..4 {
+                    let y = (2 * tr + i) as isize - 1;
+                    if y < 0 || y >= h as isize {
+                        continue;
+                    }
+                    let row = &plane[y as usize * w..(y as usize + 1) * w];
+                    let (ev, od) = raw[i * 2 * (tw + 1)..][..2 * (tw + 1)].split_at_mut(tw + 1);
+                    for (k, pair) in row.chunks(2).enumerate() {
+                        od[k] = pair[0];
+                        if let Some(&p1) = pair.get(1) {
+                            ev[k + 1] = p1;
+                        }
+                    }
+                }
+                // Along y: Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1], on even and odd.
+                let n = 2 * (tw + 1);
+                let (d0, rest) = raw.split_at(n);
+                let (d1, rest) = rest.split_at(n);
+                let (d2, d3) = rest.split_at(n);
+                let (c0, rest) = comb.split_at_mut(n);
+                let (c1, rest) = rest.split_at_mut(n);
+                let (c2, c3) = rest.split_at_mut(n);
+                for k in 0..n {
+                    c0[k] = d0[k] - d2[k];
+                    c1[k] = d1[k] + d2[k];
+                    c2[k] = d2[k] - d1[k];
+                    c3[k] = d1[k] - d3[k];
+                }
+                // Along x, for every tile of the row at once: the tile's columns are
+                // (even[tc], odd[tc], even[tc+1], odd[tc+1]).
+                let t0 = (tr - r0) * tw;
+                for i in 0..4 {
+                    let (ev, od) = comb[i * n..(i + 1) * n].split_at(tw + 1);
+                    let (e0, e1, o0, o1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..tw + 1]);
+                    let plane_of = |j: usize| ((i * 4 + j) * cin + ci) * nt + t0;
+                    let dst = &mut v[plane_of(0)..][..tw];
+                    for (d, (a, b)) in dst.iter_mut().zip(e0.iter().zip(e1)) {
+                        *d = a - b;
+                    }
+                    let dst = &mut v[plane_of(1)..][..tw];
+                    for (d, (a, b)) in dst.iter_mut().zip(o0.iter().zip(e1)) {
+                        *d = a + b;
+                    }
+                    let dst = &mut v[plane_of(2)..][..tw];
+                    for (d, (a, b)) in dst.iter_mut().zip(e1.iter().zip(o0)) {
+                        *d = a - b;
+                    }
+                    let dst = &mut v[plane_of(3)..][..tw];
+                    for (d, (a, b)) in dst.iter_mut().zip(o0.iter().zip(o1)) {
+                        *d = a - b;
+                    }
+                }
+            }
+        }
+        // M[e] = U[e] (cout × cin) · V[e] (cin × nt).
+        let mut m = vec![0f32; 16 * cout * nt];
+        let par = if blocks < threads {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        for e in 0..16 {
+            // SAFETY: all three are dense row-major blocks of the stated sizes.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    nt,
+                    cin,
+                    m.as_mut_ptr().add(e * cout * nt),
+                    1,
+                    nt as isize,
+                    false,
+                    u.as_ptr().add(e * cout * cin),
+                    1,
+                    cin as isize,
+                    v.as_ptr().add(e * cin * nt),
+                    1,
+                    nt as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        }
+        // Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1], plus bias, a tile row at a time.
+        let out_ptr = &out_ptr;
+        let mut sy = vec![0f32; 8 * tw];
+        let mut row = vec![0f32; 2 * tw];
+        for co in 0..cout {
+            let bc = bias[co];
+            for tr in r0..r1 {
+                let t0 = (tr - r0) * tw;
+                let plane = |e: usize| &m[(e * cout + co) * nt + t0..][..tw];
+                // Along y: sy[a·4 + j] for output row a of the tile.
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (plane(j), plane(4 + j), plane(8 + j), plane(12 + j));
+                    let (top, bottom) = sy.split_at_mut(4 * tw);
+                    let top = &mut top[j * tw..(j + 1) * tw];
+                    let bottom = &mut bottom[j * tw..(j + 1) * tw];
+                    for k in 0..tw {
+                        top[k] = m0[k] + m1[k] + m2[k];
+                        bottom[k] = m1[k] - m2[k] - m3[k];
+                    }
+                }
+                for a in 0..2 {
+                    let y = 2 * tr + a;
+                    if y >= h {
+                        continue;
+                    }
+                    let q = &sy[a * 4 * tw..(a + 1) * 4 * tw];
+                    let (q0, q1, q2, q3) =
+                        (&q[..tw], &q[tw..2 * tw], &q[2 * tw..3 * tw], &q[3 * tw..]);
+                    for (k, px) in row.chunks_exact_mut(2).enumerate() {
+                        px[0] = q0[k] + q1[k] + q2[k] + bc;
+                        px[1] = q1[k] - q2[k] - q3[k] + bc;
+                    }
+                    // SAFETY: blocks own disjoint tile rows, so disjoint output rows;
+                    // the row lies inside `out` (cout·h·w).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.0.add((co * h + y) * w), w)
+                    };
+                    dst.copy_from_slice(&row[..w]);
+                }
+            }
+        }
+    });
+}
+
+/// U[e][co][ci] = (G g Gᵀ)[e] with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
+fn winograd_filters(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let mut u = vec![0f32; 16 * cout * cin];
+    for oc in 0..cout * cin {
+        let g = &wt[oc * 9..oc * 9 + 9];
+        // G g: 4×3
+        let mut a = [[0f32; 3]; 4];
+        for j in 0..3 {
+            let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+            a[0][j] = g0;
+            a[1][j] = 0.5 * (g0 + g1 + g2);
+            a[2][j] = 0.5 * (g0 - g1 + g2);
+            a[3][j] = g2;
+        }
+        for (i, ai) in a.iter().enumerate() {
+            let vals = [
+                ai[0],
+                0.5 * (ai[0] + ai[1] + ai[2]),
+                0.5 * (ai[0] - ai[1] + ai[2]),
+                ai[2],
+            ];
+            for (j, val) in vals.into_iter().enumerate() {
+                u[(i * 4 + j) * cout * cin + oc] = val;
+            }
+        }
+    }
+    u
+}
+
+/// A raw output pointer shared by the parallel blocks (each writes its own pixels).
+struct SendPtr(*mut f32);
+// SAFETY: only used for disjoint writes, see `conv3x3_winograd`.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
 
 #[cfg(test)]
 mod tests {
@@ -102,7 +382,14 @@ mod tests {
     #[test]
     fn matches_candle_conv2d() {
         let dev = Device::Cpu;
-        for (cin, cout, h, w, k) in [(3, 5, 7, 9, 3), (8, 4, 4, 4, 1), (16, 16, 5, 3, 3)] {
+        for (cin, cout, h, w, k) in [
+            (3, 5, 7, 9, 3),
+            (8, 4, 4, 4, 1),
+            (16, 16, 5, 3, 3),
+            (32, 24, 33, 600, 3),
+            (7, 9, 1, 1, 3),
+            (5, 3, 2, 3, 5),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (1, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();

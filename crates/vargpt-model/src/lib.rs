@@ -2,9 +2,11 @@
 //! checkpoint layout. Pure compute: no network, no threads of its own, no I/O
 //! beyond reading a model directory.
 
+pub mod attn_cpu;
 pub mod clip;
 pub mod config;
 pub mod conv;
+pub mod cpu_ops;
 pub mod error;
 pub mod kv;
 pub mod llama;

@@ -4,7 +4,7 @@
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
-use crate::nn::{silu, softmax_last, Linear, RmsNorm, RowParallel};
+use crate::nn::{silu_mul, softmax_last, Linear, RmsNorm, RowParallel};
 use crate::tp::{check_divisible, on_all_ranks, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, Tensor};
@@ -248,7 +248,7 @@ impl RankLayers {
             h = (h + a)?;
             let n = layer.ln2.forward(&h)?;
             let m = &layer.mlp;
-            let g = (silu(&m.gate.forward(&n)?)? * m.up.forward(&n)?)?;
+            let g = silu_mul(&m.gate.forward(&n)?, &m.up.forward(&n)?)?;
             h = (h + m.down.forward(&g)?)?;
         }
         Ok(h)
@@ -290,21 +290,23 @@ impl Attention {
         let fused = x.device().is_cpu() && x.dtype() == DType::F32;
         for (bufs, offset, l) in segments.iter_mut() {
             let (l, offset) = (*l, *offset);
-            if fused && l == 1 {
-                // A decode step: a dozen small candle ops per sequence and layer
-                // would cost more than the arithmetic, so RoPE and attention over
-                // the cache run in plain loops.
-                outs.push(self.decode_one(
+            if fused {
+                // CPU f32: RoPE, cache append and causal attention in plain loops.
+                // A dozen candle ops per sequence and layer (copies for the head
+                // layout, a materialised mask, scaled scores, softmax) cost far more
+                // than the arithmetic, for prefill chunks and decode steps alike.
+                outs.push(self.attend_cpu(
                     &q_all,
                     &k_all,
                     &v_all,
                     row,
+                    l,
                     &mut bufs[layer],
                     offset,
                     cos,
                     sin,
                 )?);
-                row += 1;
+                row += l;
                 continue;
             }
             let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
@@ -353,16 +355,20 @@ impl Attention {
 }
 
 impl Attention {
-    /// One new token of one sequence (CPU, f32): rotary embedding, cache append and
-    /// softmax attention over all cached positions, numerically the same as the
-    /// tensor path (f32, max-subtracted softmax).
+    /// `l` new tokens of one sequence at positions `pos ..` (CPU, f32): rotary
+    /// embedding, cache append, and softmax attention where token `i` sees cached
+    /// positions `0 ..= pos + i` (HF's causal mask; for `l = 1` that is everything).
+    /// Same arithmetic as the tensor path (f32, max-subtracted softmax); rows of one
+    /// call are independent, so a prefill chunk gives the same per-token results as
+    /// decoding the tokens one by one, up to summation order.
     #[allow(clippy::too_many_arguments)]
-    fn decode_one(
+    fn attend_cpu(
         &self,
         q_all: &Tensor,
         k_all: &Tensor,
         v_all: &Tensor,
         row: usize,
+        l: usize,
         buf: &mut KvBuffer,
         pos: usize,
         cos: &Tensor,
@@ -370,60 +376,59 @@ impl Attention {
     ) -> Result<Tensor> {
         let d = self.head_dim;
         let half = d / 2;
-        let get =
-            |t: &Tensor| -> Result<Vec<f32>> { Ok(t.narrow(0, row, 1)?.flatten_all()?.to_vec1()?) };
-        let (mut q, mut k, v) = (get(q_all)?, get(k_all)?, get(v_all)?);
-        let c: Vec<f32> = cos.narrow(0, pos, 1)?.flatten_all()?.to_vec1()?;
-        let s: Vec<f32> = sin.narrow(0, pos, 1)?.flatten_all()?.to_vec1()?;
-        let rope = |x: &mut [f32]| {
+        let rows =
+            |t: &Tensor| -> Result<Vec<f32>> { Ok(t.narrow(0, row, l)?.flatten_all()?.to_vec1()?) };
+        let (mut q, k, v) = (rows(q_all)?, rows(k_all)?, rows(v_all)?);
+        let c: Vec<f32> = cos.narrow(0, pos, l)?.flatten_all()?.to_vec1()?;
+        let s: Vec<f32> = sin.narrow(0, pos, l)?.flatten_all()?.to_vec1()?;
+        let rope = |x: &mut [f32], i: usize| {
+            let (c, s) = (&c[i * half..(i + 1) * half], &s[i * half..(i + 1) * half]);
             for head in x.chunks_mut(d) {
-                for i in 0..half {
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * c[i] - b * s[i];
-                    head[i + half] = b * c[i] + a * s[i];
+                for j in 0..half {
+                    let (a, b) = (head[j], head[j + half]);
+                    head[j] = a * c[j] - b * s[j];
+                    head[j + half] = b * c[j] + a * s[j];
                 }
             }
         };
-        rope(&mut q);
-        rope(&mut k);
+        for (i, qi) in q.chunks_mut(self.heads * d).enumerate() {
+            rope(qi, i);
+        }
+        // Keys (after RoPE) and values into the cache layout [kv_heads, l, d].
+        let kvw = self.kv_heads * d;
+        let mut kt = vec![0f32; l * kvw];
+        let mut vt = vec![0f32; l * kvw];
+        for i in 0..l {
+            let mut ki = k[i * kvw..(i + 1) * kvw].to_vec();
+            rope(&mut ki, i);
+            for h in 0..self.kv_heads {
+                let dst = (h * l + i) * d;
+                kt[dst..dst + d].copy_from_slice(&ki[h * d..(h + 1) * d]);
+                vt[dst..dst + d].copy_from_slice(&v[i * kvw + h * d..i * kvw + (h + 1) * d]);
+            }
+        }
         let dev = q_all.device();
-        let kt = Tensor::from_vec(k, (self.kv_heads, 1, d), dev)?;
-        let vt = Tensor::from_vec(v, (self.kv_heads, 1, d), dev)?;
-        buf.append(&kt, &vt)?;
+        buf.append(
+            &Tensor::from_vec(kt, (self.kv_heads, l, d), dev)?,
+            &Tensor::from_vec(vt, (self.kv_heads, l, d), dev)?,
+        )?;
         let (kc, vc, cap) = buf
             .raw_f32()
             .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
-        let t = buf.len();
-        let rep = self.heads / self.kv_heads;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut out = vec![0f32; self.heads * d];
-        // Heads are independent: spread them over the cores (the projections
-        // around this use them all; attention would otherwise run on one).
-        use rayon::prelude::*;
-        out.par_chunks_mut(d).enumerate().for_each(|(h, o)| {
-            let base = (h / rep) * cap * d;
-            let qh = &q[h * d..(h + 1) * d];
-            let mut scores = vec![0f32; t];
-            let mut max = f32::NEG_INFINITY;
-            for (j, sc) in scores.iter_mut().enumerate() {
-                let kj = &kc[base + j * d..base + (j + 1) * d];
-                *sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(*sc);
-            }
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            for (j, p) in scores.iter().enumerate() {
-                let w = p / sum;
-                let vj = &vc[base + j * d..base + (j + 1) * d];
-                for (oi, vi) in o.iter_mut().zip(vj) {
-                    *oi += w * vi;
-                }
-            }
-        });
-        Ok(Tensor::from_vec(out, (1, self.heads * d), dev)?)
+        let width = self.heads * d;
+        let out = crate::attn_cpu::attend(
+            &q,
+            l,
+            self.heads,
+            self.kv_heads,
+            d,
+            kc,
+            vc,
+            cap,
+            |i| pos + i + 1,
+            1.0 / (d as f32).sqrt(),
+        );
+        Ok(Tensor::from_vec(out, (l, width), dev)?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Small building blocks shared by the components: linear layers, norms, activations.
 
+use crate::cpu_ops;
 use crate::error::Result;
 use crate::tp::Shard;
 use crate::weights::Vb;
@@ -181,6 +182,10 @@ impl LayerNorm {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = cpu_ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)?
+        {
+            return Ok(y);
+        }
         let dt = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -212,6 +217,9 @@ impl RmsNorm {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = cpu_ops::rms_norm(x, &self.weight, self.eps)? {
+            return Ok(y);
+        }
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -227,16 +235,33 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// Tanh-approximated GELU, as `nn.GELU(approximate='tanh')`.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = cpu_ops::unary(x, vargpt_kernels::act::gelu_tanh)? {
+        return Ok(y);
+    }
     Ok(x.gelu()?)
 }
 
 /// CLIP's `quick_gelu`: `x·σ(1.702x)`.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = cpu_ops::unary(x, vargpt_kernels::act::quick_gelu)? {
+        return Ok(y);
+    }
     Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
 }
 
 pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = cpu_ops::unary(x, vargpt_kernels::act::silu)? {
+        return Ok(y);
+    }
     Ok(candle_nn::Activation::Silu.forward(x)?)
+}
+
+/// `silu(gate) · up`, fused on CPU f32.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if let Some(y) = cpu_ops::silu_mul(gate, up)? {
+        return Ok(y);
+    }
+    Ok((silu(gate)? * up)?)
 }
 
 /// Softmax over the last dimension, in f32.

@@ -265,8 +265,14 @@ impl Block {
         let d = c / h;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
+        let fused = qkv.device().is_cpu() && qkv.dtype() == DType::F32;
         for (bufs, l) in segments.iter_mut() {
             let l = *l;
+            if fused {
+                outs.push(self.attend_cpu(&qkv, row, l, &mut bufs[block])?);
+                row += l;
+                continue;
+            }
             let part = qkv
                 .narrow(0, row, l)?
                 .reshape((l, 3, h, d))?
@@ -285,6 +291,57 @@ impl Block {
             Tensor::cat(&outs, 0)?
         };
         self.proj.forward(&o)
+    }
+}
+
+impl Block {
+    /// One sequence's `l` new tokens (CPU, f32): L2-normalised q (times the per-head
+    /// scale) and k, cache append, then attention over everything cached —
+    /// bidirectional within the stage, as the reference (no mask).
+    fn attend_cpu(&self, qkv: &Tensor, row: usize, l: usize, buf: &mut KvBuffer) -> Result<Tensor> {
+        let h = self.heads;
+        let c = qkv.dim(1)? / 3;
+        let d = c / h;
+        let part: Vec<f32> = qkv.narrow(0, row, l)?.flatten_all()?.to_vec1()?; // [l, 3, H, d]
+        let scale: Vec<f32> = self
+            .scale_mul
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let normalize = |x: &[f32], mul: f32, out: &mut [f32]| {
+            let n = crate::attn_cpu::dot(x, x).sqrt().max(1e-12);
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = v / n * mul;
+            }
+        };
+        let mut q = vec![0f32; l * c];
+        let mut kt = vec![0f32; l * c]; // [H, l, d]
+        let mut vt = vec![0f32; l * c];
+        for i in 0..l {
+            let r = &part[i * 3 * c..(i + 1) * 3 * c];
+            for hh in 0..h {
+                let span = hh * d..(hh + 1) * d;
+                let dst = (hh * l + i) * d;
+                normalize(
+                    &r[span.clone()],
+                    scale[hh],
+                    &mut q[i * c + hh * d..i * c + (hh + 1) * d],
+                );
+                normalize(&r[c + hh * d..c + (hh + 1) * d], 1.0, &mut kt[dst..dst + d]);
+                vt[dst..dst + d].copy_from_slice(&r[2 * c + hh * d..2 * c + (hh + 1) * d]);
+            }
+        }
+        let dev = qkv.device();
+        buf.append(
+            &Tensor::from_vec(kt, (h, l, d), dev)?,
+            &Tensor::from_vec(vt, (h, l, d), dev)?,
+        )?;
+        let total = buf.len();
+        let (kc, vc, cap) = buf
+            .raw_f32()
+            .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
+        let out = crate::attn_cpu::attend(&q, l, h, h, d, kc, vc, cap, |_| total, 1.0);
+        Ok(Tensor::from_vec(out, (l, c), dev)?)
     }
 }
 
