@@ -40,6 +40,12 @@ fn exp_lane(x: f32) -> f32 {
     f32::from_bits((y.to_bits() as i32).wrapping_add(ki << 23) as u32)
 }
 
+/// `eˣ` of one value, inlined into callers' (vectorised) loops.
+#[inline(always)]
+pub fn exp_scalar(x: f32) -> f32 {
+    exp_lane(x)
+}
+
 #[inline(always)]
 fn silu_lane(x: f32) -> f32 {
     x / (1.0 + exp_lane(-x))

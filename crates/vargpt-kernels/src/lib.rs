@@ -75,6 +75,7 @@ use std::sync::OnceLock;
 pub use half::{bf16, f16};
 
 pub mod act;
+pub mod attn;
 mod par;
 mod scalar;
 #[cfg(target_arch = "x86_64")]

@@ -38,7 +38,7 @@ impl ClipAttention {
         let q = (self.q.forward(x)? * self.scale)?;
         let (k, v) = (self.k.forward(x)?, self.v.forward(x)?);
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            // Plain-loop attention (see `attn_cpu`), image by image.
+            // Plain-loop attention (see `vargpt_kernels::attn`), image by image.
             let mut outs = Vec::with_capacity(n);
             for b in 0..n {
                 let rows =
@@ -50,7 +50,7 @@ impl ClipAttention {
                         .flatten_all()?
                         .to_vec1()?)
                 };
-                let o = crate::attn_cpu::attend(
+                let o = vargpt_kernels::attn::attend(
                     &rows(&q)?,
                     t,
                     self.heads,

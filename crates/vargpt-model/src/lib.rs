@@ -2,7 +2,6 @@
 //! checkpoint layout. Pure compute: no network, no threads of its own, no I/O
 //! beyond reading a model directory.
 
-pub mod attn_cpu;
 pub mod clip;
 pub mod config;
 pub mod conv;

@@ -416,7 +416,7 @@ impl Attention {
             .raw_f32()
             .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
         let width = self.heads * d;
-        let out = crate::attn_cpu::attend(
+        let out = vargpt_kernels::attn::attend(
             &q,
             l,
             self.heads,

@@ -309,7 +309,7 @@ impl Block {
             .flatten_all()?
             .to_vec1()?;
         let normalize = |x: &[f32], mul: f32, out: &mut [f32]| {
-            let n = crate::attn_cpu::dot(x, x).sqrt().max(1e-12);
+            let n = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             for (o, v) in out.iter_mut().zip(x) {
                 *o = v / n * mul;
             }
@@ -340,7 +340,7 @@ impl Block {
         let (kc, vc, cap) = buf
             .raw_f32()
             .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
-        let out = crate::attn_cpu::attend(&q, l, h, h, d, kc, vc, cap, |_| total, 1.0);
+        let out = vargpt_kernels::attn::attend(&q, l, h, h, d, kc, vc, cap, |_| total, 1.0);
         Ok(Tensor::from_vec(out, (l, c), dev)?)
     }
 }
