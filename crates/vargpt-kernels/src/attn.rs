@@ -33,7 +33,7 @@ pub fn attend(
     scale: f32,
 ) -> Vec<f32> {
     assert!(
-        heads % kv_heads == 0,
+        heads.is_multiple_of(kv_heads),
         "attend: {heads} heads over {kv_heads} kv heads"
     );
     assert_eq!(q.len(), l * heads * d, "attend: q is not [l, heads·d]");
@@ -65,7 +65,7 @@ pub fn attend(
             let mut o = vec![0f32; n * d];
             scores.resize(n * tmax, 0.0);
             #[cfg(target_arch = "x86_64")]
-            if avx2 && d % 8 == 0 {
+            if avx2 && d.is_multiple_of(8) {
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time).
                 unsafe { block_avx2(&qs, &ts, k, v, d, scale, scores, &mut o) };
                 return o;

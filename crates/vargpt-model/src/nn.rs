@@ -89,14 +89,21 @@ impl Linear {
     }
 }
 
-/// Decode-sized products on CPU (≤ `SMALL_M_MAX` rows of f32 activations) go through
-/// the bandwidth-bound kernels of `vargpt-kernels`: every weight row is streamed once
+/// Decode-sized products on CPU (≤ `SMALL_M_MAX` rows of f32 activations, or any
+/// number of rows with half-precision weights) go through the kernels of
+/// `vargpt-kernels`: every weight row is streamed once
 /// for all rows, f16/bf16 weights are widened in registers, and a row's result does
 /// not depend on how many other rows share the call (batch invariance).
 fn small_m_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     use candle_core::{CpuStorage, Storage};
     let (m, k) = x.dims2()?;
-    if !x.device().is_cpu() || x.dtype() != DType::F32 || m == 0 || m > vargpt_kernels::SMALL_M_MAX
+    // f16/bf16 weights take this path at any m: the kernel widens them in registers,
+    // where the GEMM path would first convert the whole matrix to f32 on every call.
+    let half = w.dtype() != DType::F32;
+    if !x.device().is_cpu()
+        || x.dtype() != DType::F32
+        || m == 0
+        || (m > vargpt_kernels::SMALL_M_MAX && !half)
     {
         return Ok(None);
     }
