@@ -28,6 +28,13 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> 
     }
 }
 
+/// The kernel's output (if it ran) as a tensor of `like`'s shape and device.
+fn shaped_like(out: Option<Vec<f32>>, like: &Tensor) -> Result<Option<Tensor>> {
+    Ok(out
+        .map(|v| Tensor::from_vec(v, like.shape(), like.device()))
+        .transpose()?)
+}
+
 fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
@@ -80,9 +87,7 @@ pub fn unary(x: &Tensor, f: fn(&[f32], &mut [f32])) -> Result<Option<Tensor>> {
         f(xs, &mut out);
         out
     });
-    out.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-        .transpose()
-        .map_err(Into::into)
+    shaped_like(out, x)
 }
 
 /// `silu(gate) · up` in one pass (LLaMA's MLP), for CPU f32 tensors of one shape.
@@ -98,9 +103,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
         })
     })
     .flatten();
-    out.map(|v| Tensor::from_vec(v, gate.shape(), gate.device()))
-        .transpose()
-        .map_err(Into::into)
+    shaped_like(out, gate)
 }
 
 /// LayerNorm over the last dimension (biased variance), optional affine.
@@ -129,9 +132,7 @@ pub fn layer_norm(
             }
         })
     });
-    out.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-        .transpose()
-        .map_err(Into::into)
+    shaped_like(out, x)
 }
 
 /// LLaMA RMSNorm over the last dimension: `x / √(mean(x²) + ε) · w`.
@@ -148,9 +149,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
             }
         })
     });
-    out.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-        .transpose()
-        .map_err(Into::into)
+    shaped_like(out, x)
 }
 
 /// GroupNorm over `[1, C, H, W]` with per-channel affine, optionally followed by SiLU.
@@ -190,9 +189,7 @@ pub fn group_norm(
             });
         out
     });
-    out.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-        .transpose()
-        .map_err(Into::into)
+    shaped_like(out, x)
 }
 
 #[cfg(test)]
