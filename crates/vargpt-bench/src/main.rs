@@ -36,9 +36,13 @@ struct ModelArgs {
     /// Compute dtype: f32 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Tensor-parallel degree (CPU threads ranks).
+    /// Tensor-parallel degree (CPU thread ranks, or GPUs with `--cuda`).
     #[arg(long, default_value_t = 1)]
     tp: usize,
+    /// Run on this GPU (build with `--features cuda`); timings end with a host read,
+    /// so they include the device work.
+    #[arg(long)]
+    cuda: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +111,7 @@ fn load(m: &ModelArgs) -> Result<(Engine, f64)> {
     let mut o = LoadOptions::new(&m.model);
     o.dtype = Some(m.dtype.clone());
     o.tp = m.tp;
+    o.cuda_device = m.cuda;
     let t = Instant::now();
     let e = Engine::load(&o).with_context(|| format!("loading {}", m.model))?;
     Ok((e, t.elapsed().as_secs_f64()))
@@ -140,7 +145,7 @@ fn phases(m: &ModelArgs, repeat: usize, decode_tokens: usize, skip: &str) -> Res
     let rss_after_load = peak_rss();
     let skip: Vec<&str> = skip.split(',').filter(|s| !s.is_empty()).collect();
     let mut out = json!({
-        "model": m.model, "dtype": m.dtype, "tp": m.tp, "load_s": load_s, "repeat": repeat,
+        "model": m.model, "dtype": m.dtype, "tp": m.tp, "cuda": m.cuda, "load_s": load_s, "repeat": repeat,
         "weight_bytes": e.weight_bytes(), "peak_rss_after_load_bytes": rss_after_load,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });

@@ -47,9 +47,22 @@ pub fn shards(opts: &LoadOptions, first: &Device) -> Result<Vec<Shard>, EngineEr
         .collect())
 }
 
+/// NCCL needs one rank per distinct GPU ("duplicate GPU" otherwise); a GPU listed
+/// twice (e.g. `--devices 0,0`, to try sharding on one card) uses the thread
+/// communicator instead.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+fn nccl_usable(devices: &[Device]) -> bool {
+    let locations: Vec<_> = devices.iter().map(|d| d.location()).collect();
+    devices.iter().all(|d| d.is_cuda())
+        && locations
+            .iter()
+            .enumerate()
+            .all(|(i, l)| !locations[..i].contains(l))
+}
+
 #[cfg(feature = "nccl")]
 fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, EngineError> {
-    if devices.iter().all(|d| d.is_cuda()) {
+    if nccl_usable(devices) {
         return vargpt_model::tp_nccl::NcclComm::group(devices)
             .map_err(|e| EngineError::Load(format!("nccl: {e}")));
     }
@@ -60,4 +73,14 @@ fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, Engin
 fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, EngineError> {
     // Without NCCL the thread communicator also works across GPUs (through host memory).
     Ok(ThreadComm::group(devices.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nccl_only_for_distinct_gpus() {
+        assert!(!nccl_usable(&[Device::Cpu, Device::Cpu]));
+    }
 }

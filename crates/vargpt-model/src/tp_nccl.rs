@@ -1,11 +1,11 @@
 //! NCCL communicator for tensor parallelism across the GPUs of one process: one
-//! rank per GPU, all created together (`ncclCommInitAll`-style group from one
-//! unique id), so the id never leaves the process.
+//! rank per GPU, all created together by `ncclCommInitAll`, so no unique id has to
+//! travel between processes.
 
 use crate::tp::Communicator;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
-use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use cudarc::nccl::safe::{Comm, ReduceOp};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -22,39 +22,24 @@ unsafe impl Send for NcclComm {}
 unsafe impl Sync for NcclComm {}
 
 impl NcclComm {
-    /// One communicator per CUDA device, rank i on `devices[i]`.
+    /// One communicator per CUDA device, rank i on `devices[i]`, created together
+    /// (`ncclCommInitAll`) on each device's own stream, so NCCL's work is ordered
+    /// after the kernels that produced its input.
     pub fn group(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, String> {
-        let id = Id::new().map_err(|e| format!("nccl id: {e:?}"))?;
-        let world = devices.len();
-        let mut out: Vec<Arc<dyn Communicator>> = Vec::with_capacity(world);
-        // Ranks must initialise concurrently: ncclCommInitRank blocks until all joined.
-        let comms: Vec<Result<Comm, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = devices
-                .iter()
-                .enumerate()
-                .map(|(rank, dev)| {
-                    s.spawn(move || -> Result<Comm, String> {
-                        let Device::Cuda(cuda) = dev else {
-                            return Err("NCCL needs CUDA devices".into());
-                        };
-                        Comm::from_rank(cuda.cuda_stream(), rank, world, id)
-                            .map_err(|e| format!("rank {rank}: {e:?}"))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("init panicked".into())))
-                .collect()
-        });
-        for (rank, c) in comms.into_iter().enumerate() {
-            out.push(Arc::new(NcclComm {
-                rank,
-                world,
-                comm: c?,
-            }));
-        }
-        Ok(out)
+        let streams = devices
+            .iter()
+            .map(|d| match d {
+                Device::Cuda(cuda) => Ok(cuda.cuda_stream()),
+                _ => Err("NCCL needs CUDA devices".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let world = streams.len();
+        let comms = Comm::from_devices(streams).map_err(|e| format!("nccl init: {e:?}"))?;
+        Ok(comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| Arc::new(NcclComm { rank, world, comm }) as Arc<dyn Communicator>)
+            .collect())
     }
 }
 

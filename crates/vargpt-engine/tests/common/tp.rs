@@ -1,0 +1,85 @@
+//! Tensor-parallel equality: a sharded engine against an unsharded one, on the
+//! same requests (prefill logits within 1e-4 relative, identical tokens and codes).
+
+use super::parity::fixture;
+use vargpt_engine::generate::prefill;
+use vargpt_engine::{Engine, Request, SamplingParams, Task};
+
+pub fn requests() -> Vec<Request> {
+    let png = std::fs::read(fixture().join("test_image.png")).unwrap();
+    let greedy = SamplingParams {
+        max_new_tokens: 12,
+        allow_image: false,
+        ..Default::default()
+    };
+    vec![
+        Request {
+            task: Task::Caption,
+            text: "Describe the image.".into(),
+            image: Some(png.clone()),
+            params: greedy.clone(),
+        },
+        Request {
+            task: Task::Vqa,
+            text: "What is the color of the car?".into(),
+            image: Some(png),
+            params: greedy.clone(),
+        },
+        Request {
+            task: Task::Chat,
+            text: "Please describe a cat on a sofa.".into(),
+            image: None,
+            params: greedy,
+        },
+        Request {
+            task: Task::GenerateImage,
+            text: "a butterfly".into(),
+            image: None,
+            params: SamplingParams {
+                cfg_scale: 0.0,
+                image_top_k: 1,
+                ..Default::default()
+            },
+        },
+        Request {
+            task: Task::GenerateImage,
+            text: "a flower".into(),
+            image: None,
+            params: SamplingParams {
+                seed: Some(11),
+                ..Default::default()
+            },
+        },
+    ]
+}
+
+pub fn compare(base: &Engine, other: &Engine, label: &str) {
+    for (i, r) in requests().iter().enumerate() {
+        let prep = base.prepare(r).unwrap();
+        let logits = |e: &Engine| {
+            let m = e.model();
+            let feats = prep.pixel_values.as_ref().map(|pv| {
+                m.image_features(&pv.to_device(m.device()).unwrap())
+                    .unwrap()
+            });
+            let emb = m.embed_prompt(&prep.prompt_ids, feats.as_ref()).unwrap();
+            prefill(m, &emb, &mut m.llm.new_cache()).unwrap()
+        };
+        let (a, b) = (logits(base), logits(other));
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        println!("{label} request {i}: prefill logits max|Δ| = {err:.2e} (scale {scale:.2})");
+        assert!(err <= 1e-4 * scale, "{label} request {i}: {err}");
+        let (ra, rb) = (base.run(r).unwrap(), other.run(r).unwrap());
+        assert_eq!(ra.ids, rb.ids, "{label} request {i}: tokens");
+        match (ra.image, rb.image) {
+            (Some(x), Some(y)) => assert_eq!(x.codes, y.codes, "{label} request {i}: codes"),
+            (None, None) => {}
+            _ => panic!("{label} request {i}: image presence"),
+        }
+    }
+}
