@@ -8,10 +8,10 @@
 
 use anyhow::{Context, Result};
 
-// Tensors are allocated and freed every step; glibc returns big blocks to the
-// kernel each time (mmap/munmap + page faults), mimalloc keeps them.
+// Tensors of up to tens of MB are allocated and freed every step: see
+// vargpt-alloc for why mimalloc, kept warm, is the allocator.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: vargpt_alloc::MiMalloc = vargpt_alloc::MiMalloc;
 
 use candle_core::Tensor;
 use clap::{Parser, Subcommand};
@@ -86,6 +86,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    vargpt_alloc::configure();
     match Cli::parse().cmd {
         Cmd::Phases {
             model,
