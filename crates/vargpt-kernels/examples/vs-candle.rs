@@ -1,7 +1,10 @@
 //! Side-by-side timing of these kernels and candle's CPU matmul (the
 //! `x.matmul(&w.t())` of `vargpt-model`'s `Linear`), interleaved in one run.
 //!
-//! `cargo run -p vargpt-kernels --example vs-candle [-- --rounds N]`
+//! `cargo run -p vargpt-kernels --example vs-candle [-- --rounds N] [--shape MxNxK ...]`
+//!
+//! `--shape` (repeatable) times f32 products `[M, K] · [N, K]ᵀ` of your choice
+//! instead of the default table (e.g. the VAR head's stage sizes).
 
 use std::time::Instant;
 
@@ -53,10 +56,22 @@ fn bench(rounds: usize, calls: usize, variants: &mut [Variant<'_>]) -> Vec<f64> 
 
 fn main() -> candle_core::Result<()> {
     let mut rounds = 5;
+    let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        if a == "--rounds" {
-            rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N");
+        match a.as_str() {
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--shape" => {
+                let v: Vec<usize> = it
+                    .next()
+                    .expect("--shape MxNxK")
+                    .split('x')
+                    .map(|d| d.parse().expect("--shape MxNxK"))
+                    .collect();
+                assert_eq!(v.len(), 3, "--shape MxNxK");
+                shapes.push((v[0], v[1], v[2]));
+            }
+            other => panic!("unknown argument {other}"),
         }
     }
     let dev = Device::Cpu;
@@ -69,7 +84,7 @@ fn main() -> candle_core::Result<()> {
     println!("| case | candle ms | ours ms | speed-up |");
     println!("|---|---|---|---|");
 
-    for (m, n, kk, dtypes) in [
+    let default_cases = [
         (
             1usize,
             32064usize,
@@ -80,7 +95,17 @@ fn main() -> candle_core::Result<()> {
         (8, 2816, 1024, &[DType::F32, DType::F16][..]),
         (267, 2816, 1024, &[DType::F32][..]),
         (267, 1024, 2816, &[DType::F32][..]),
-    ] {
+    ];
+    let custom: Vec<(usize, usize, usize, &[DType])> = shapes
+        .iter()
+        .map(|&(m, n, kk)| (m, n, kk, &[DType::F32][..]))
+        .collect();
+    let cases: Vec<(usize, usize, usize, &[DType])> = if custom.is_empty() {
+        default_cases.to_vec()
+    } else {
+        custom
+    };
+    for (m, n, kk, dtypes) in cases {
         let w32 = random_vec(n * kk, 1);
         let x = random_vec(m * kk, 2);
         let cold = m <= 16;

@@ -89,7 +89,7 @@ impl Linear {
     }
 }
 
-/// Decode-sized products on CPU (≤ `SMALL_M_MAX` rows of f32 activations, or any
+/// Small-batch products on CPU (≤ `SMALL_M_MAX` rows of f32 activations, or any
 /// number of rows with half-precision weights) go through the kernels of
 /// `vargpt-kernels`: every weight row is streamed once
 /// for all rows, f16/bf16 weights are widened in registers, and a row's result does
