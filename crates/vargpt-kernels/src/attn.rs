@@ -7,7 +7,8 @@
 //! matters: a head's keys and values (~0.5 MB for 1k positions) are streamed once per
 //! block instead of once per query, which otherwise makes long prefills memory-bound.
 //! The block body is compiled for AVX2 (chosen at run time) and for the baseline
-//! target; both give the same bits (same lanes, same order, no FMA contraction).
+//! target; both give the same bits (same lanes, same order, correctly rounded
+//! fused multiply-adds: `f32::mul_add` on the portable path).
 
 use rayon::prelude::*;
 
@@ -113,7 +114,7 @@ fn block_body(
         let or = &mut o[r * d..(r + 1) * d];
         for (p, vj) in scores[r * tmax..r * tmax + t].iter().zip(v.chunks_exact(d)) {
             for (oi, vi) in or.iter_mut().zip(vj) {
-                *oi += p * vi;
+                *oi = p.mul_add(*vi, *oi);
             }
         }
     }
@@ -136,9 +137,10 @@ fn softmax_rows(ts: &[usize], tmax: usize, scores: &mut [f32]) {
     }
 }
 
-/// [`block_body`] with 256-bit registers and the same bits: each key row is loaded
-/// once for all queries of the block, four queries' dot products run as independent
-/// accumulator chains, and each query's weighted value sum is kept in registers.
+/// [`block_body`] with 256-bit FMA registers and the same bits (each score and
+/// each output element is accumulated in the same order with the same fused
+/// operations): scores in tiles of 4 queries × 2 keys, weighted value sums two
+/// queries at a time, outputs kept in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -155,84 +157,80 @@ unsafe fn block_avx2(
     use std::arch::x86_64::*;
     let n = qs.len();
     let tmax = k.len() / d;
-    for j in 0..tmax {
-        let kj = k.as_ptr().add(j * d);
+    // Scores: tiles of 4 queries × 2 keys (8 independent FMA chains; each key
+    // vector load feeds four queries, each query load two keys).
+    let mut j = 0;
+    while j < tmax {
+        let two = j + 1 < tmax;
+        let k0 = k.as_ptr().add(j * d);
+        let k1 = if two { k0.add(d) } else { k0 };
         let mut r = 0;
-        // Four queries at a time in named registers (independent add chains).
-        while r + 4 <= n {
-            let (q0, q1, q2, q3) = (
-                qs[r].as_ptr(),
-                qs[r + 1].as_ptr(),
-                qs[r + 2].as_ptr(),
-                qs[r + 3].as_ptr(),
-            );
-            let (mut a0, mut a1, mut a2, mut a3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            let mut x = 0;
-            while x < d {
-                let kv = _mm256_loadu_ps(kj.add(x));
-                a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(q0.add(x)), kv));
-                a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(q1.add(x)), kv));
-                a2 = _mm256_add_ps(a2, _mm256_mul_ps(_mm256_loadu_ps(q2.add(x)), kv));
-                a3 = _mm256_add_ps(a3, _mm256_mul_ps(_mm256_loadu_ps(q3.add(x)), kv));
-                x += 8;
-            }
-            scores[r * tmax + j] = hsum8(a0) * scale;
-            scores[(r + 1) * tmax + j] = hsum8(a1) * scale;
-            scores[(r + 2) * tmax + j] = hsum8(a2) * scale;
-            scores[(r + 3) * tmax + j] = hsum8(a3) * scale;
-            r += 4;
-        }
         while r < n {
-            let qp = qs[r].as_ptr();
-            let mut a = _mm256_setzero_ps();
+            let nq = (n - r).min(4);
+            let qp: [*const f32; 4] = core::array::from_fn(|u| qs[r + u.min(nq - 1)].as_ptr());
+            let mut a0 = [_mm256_setzero_ps(); 4];
+            let mut a1 = [_mm256_setzero_ps(); 4];
             let mut x = 0;
             while x < d {
-                a = _mm256_add_ps(
-                    a,
-                    _mm256_mul_ps(_mm256_loadu_ps(qp.add(x)), _mm256_loadu_ps(kj.add(x))),
-                );
+                let kv0 = _mm256_loadu_ps(k0.add(x));
+                let kv1 = _mm256_loadu_ps(k1.add(x));
+                for u in 0..4 {
+                    let qv = _mm256_loadu_ps(qp[u].add(x));
+                    a0[u] = _mm256_fmadd_ps(qv, kv0, a0[u]);
+                    a1[u] = _mm256_fmadd_ps(qv, kv1, a1[u]);
+                }
                 x += 8;
             }
-            scores[r * tmax + j] = hsum8(a) * scale;
-            r += 1;
-        }
-    }
-    softmax_rows(ts, tmax, scores);
-    // o_r = Σ_j p_rj·v_j, sequential in j per element (the portable order), with the
-    // outputs in registers: 64 at a time, or 8 for the remainder. The head's value
-    // rows stay in L2 across the block's queries.
-    for (r, &t) in ts.iter().enumerate() {
-        let p = &scores[r * tmax..r * tmax + t];
-        let or = o.as_mut_ptr().add(r * d);
-        let mut c0 = 0;
-        while c0 + 64 <= d {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (j, &pj) in p.iter().enumerate() {
-                let w = _mm256_set1_ps(pj);
-                let row = v.as_ptr().add(j * d + c0);
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * u))));
+            for u in 0..nq {
+                scores[(r + u) * tmax + j] = hsum8(a0[u]) * scale;
+                if two {
+                    scores[(r + u) * tmax + j + 1] = hsum8(a1[u]) * scale;
                 }
             }
-            for (u, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(or.add(c0 + 8 * u), *a);
-            }
-            c0 += 64;
+            r += nq;
         }
+        j += if two { 2 } else { 1 };
+    }
+    softmax_rows(ts, tmax, scores);
+    // o_r = Σ_j p_rj·v_j, sequential in j per element (the portable order): two
+    // queries at a time share each value-row load, 32 outputs per query in
+    // registers (or 8 for the remainder). The head's value rows stay in L2.
+    let mut r = 0;
+    while r < n {
+        let pair = r + 1 < n;
+        let r1 = if pair { r + 1 } else { r };
+        let (t0, t1) = (ts[r], ts[r1]);
+        let p0 = scores.as_ptr().add(r * tmax);
+        let p1 = scores.as_ptr().add(r1 * tmax);
+        let (o0, o1) = (o.as_mut_ptr().add(r * d), o.as_mut_ptr().add(r1 * d));
+        let mut c0 = 0;
         while c0 < d {
-            let mut a = _mm256_setzero_ps();
-            for (j, &pj) in p.iter().enumerate() {
-                let row = v.as_ptr().add(j * d + c0);
-                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(pj), _mm256_loadu_ps(row)));
+            let lanes = if c0 + 32 <= d { 4 } else { 1 };
+            let mut acc0 = [_mm256_setzero_ps(); 4];
+            let mut acc1 = [_mm256_setzero_ps(); 4];
+            for jj in 0..t0.max(t1) {
+                let row = v.as_ptr().add(jj * d + c0);
+                let (in0, in1) = (jj < t0, jj < t1);
+                let (w0, w1) = (_mm256_set1_ps(*p0.add(jj)), _mm256_set1_ps(*p1.add(jj)));
+                for u in 0..lanes {
+                    let vv = _mm256_loadu_ps(row.add(8 * u));
+                    if in0 {
+                        acc0[u] = _mm256_fmadd_ps(w0, vv, acc0[u]);
+                    }
+                    if in1 {
+                        acc1[u] = _mm256_fmadd_ps(w1, vv, acc1[u]);
+                    }
+                }
             }
-            _mm256_storeu_ps(or.add(c0), a);
-            c0 += 8;
+            for u in 0..lanes {
+                _mm256_storeu_ps(o0.add(c0 + 8 * u), acc0[u]);
+                if pair {
+                    _mm256_storeu_ps(o1.add(c0 + 8 * u), acc1[u]);
+                }
+            }
+            c0 += 8 * lanes;
         }
+        r += if pair { 2 } else { 1 };
     }
 }
 
@@ -258,19 +256,20 @@ unsafe fn dot8_avx2(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut x = 0;
     while x < n8 {
-        let p = _mm256_mul_ps(
+        acc = _mm256_fmadd_ps(
             _mm256_loadu_ps(a.as_ptr().add(x)),
             _mm256_loadu_ps(b.as_ptr().add(x)),
+            acc,
         );
-        acc = _mm256_add_ps(acc, p);
         x += 8;
     }
     let tail: f32 = a[n8..].iter().zip(&b[n8..]).map(|(x, y)| x * y).sum();
     hsum8(acc) + tail
 }
 
-/// Dot product in eight independent lanes, summed pairwise (fixed order, no FMA
-/// contraction, so every instruction set gives the same bits).
+/// Dot product in eight independent lanes of fused multiply-adds, summed pairwise
+/// (fixed order and correctly rounded FMA, so every instruction set gives the same
+/// bits).
 #[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -285,7 +284,7 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
         let x: &[f32; 8] = x.try_into().expect("8");
         let y: &[f32; 8] = y.try_into().expect("8");
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] = x[l].mul_add(y[l], acc[l]);
         }
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
