@@ -13,11 +13,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::parity::{self as check, fixture};
-use common::tp::compare;
+use common::tp::{compare, gqa_checkpoint};
 use std::path::Path;
-use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::{Engine, LoadOptions, Request, SamplingParams, Task};
-use vargpt_model::VarConfig;
 
 /// Ordinals of the GPUs present (stops at the first that fails to open).
 fn gpus() -> Vec<usize> {
@@ -43,28 +41,6 @@ fn gpu_engine() -> Engine {
 
 fn cpu_engine(dir: &Path) -> Engine {
     Engine::load(&LoadOptions::new(dir.to_str().unwrap())).unwrap()
-}
-
-/// A checkpoint of another shape (GQA, 8 query heads, 3 VAR scales).
-fn other_shape() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = CheckpointSpec {
-        text_hidden: 128,
-        text_intermediate: 256,
-        text_heads: 8,
-        text_kv_heads: 4,
-        var: VarConfig {
-            depth: 4,
-            patch_nums: vec![1, 2, 4],
-            vocab_size: 80,
-            z_channels: 8,
-            ch: 32,
-            share_quant_resi: 4,
-        },
-        ..CheckpointSpec::small()
-    };
-    make_checkpoint(dir.path(), &spec).unwrap();
-    dir
 }
 
 #[test]
@@ -94,7 +70,7 @@ fn gpu_vqvae_decode_matches_the_reference() {
 
 #[test]
 fn gpu_equals_cpu_on_another_shape() {
-    let dir = other_shape();
+    let dir = gqa_checkpoint();
     compare(
         &cpu_engine(dir.path()),
         &load(dir.path(), &[0], "f32"),
@@ -143,7 +119,7 @@ fn gpu_tp_on_one_card_matches_tp1() {
         &load(&fixture(), &[0, 0], "f32"),
         "reference gpu tp2",
     );
-    let dir = other_shape();
+    let dir = gqa_checkpoint();
     let base = load(dir.path(), &[0], "f32");
     compare(&base, &load(dir.path(), &[0, 0], "f32"), "small gpu tp2");
     compare(&base, &load(dir.path(), &[0; 4], "f32"), "small gpu tp4");
@@ -228,7 +204,7 @@ fn nccl_tp_matches_tp1_on_two_gpus() {
         &load(&fixture(), &gpus[..2], "f32"),
         "reference nccl tp2",
     );
-    let dir = other_shape();
+    let dir = gqa_checkpoint();
     let base = load(dir.path(), &[0], "f32");
     compare(
         &base,

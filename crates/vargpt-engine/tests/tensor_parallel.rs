@@ -4,11 +4,9 @@
 mod common;
 
 use common::parity::fixture;
-use common::tp::compare;
+use common::tp::{compare, gqa_checkpoint};
 use std::path::Path;
-use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::{Engine, LoadOptions};
-use vargpt_model::VarConfig;
 
 fn load(dir: &Path, tp: usize) -> Result<Engine, vargpt_engine::EngineError> {
     let mut o = LoadOptions::new(dir.to_str().unwrap());
@@ -30,23 +28,7 @@ fn tp2_matches_tp1_on_the_reference_fixture() {
 
 #[test]
 fn tp2_and_tp4_match_tp1_on_another_shape_with_gqa() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = CheckpointSpec {
-        text_hidden: 128,
-        text_intermediate: 256,
-        text_heads: 8,
-        text_kv_heads: 4,
-        var: VarConfig {
-            depth: 4,
-            patch_nums: vec![1, 2, 4],
-            vocab_size: 80,
-            z_channels: 8,
-            ch: 32,
-            share_quant_resi: 4,
-        },
-        ..CheckpointSpec::small()
-    };
-    make_checkpoint(dir.path(), &spec).unwrap();
+    let dir = gqa_checkpoint();
     let base = load(dir.path(), 1).unwrap();
     compare(&base, &load(dir.path(), 2).unwrap(), "small tp2");
     compare(&base, &load(dir.path(), 4).unwrap(), "small tp4");

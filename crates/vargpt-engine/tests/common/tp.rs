@@ -2,8 +2,33 @@
 //! same requests (prefill logits within 1e-4 relative, identical tokens and codes).
 
 use super::parity::fixture;
+use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::generate::prefill;
 use vargpt_engine::{Engine, Request, SamplingParams, Task};
+use vargpt_model::VarConfig;
+
+/// A checkpoint of another shape than the fixture: grouped-query attention
+/// (8 query heads over 4 key/value heads), 4 VAR blocks, 3 scales.
+pub fn gqa_checkpoint() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = CheckpointSpec {
+        text_hidden: 128,
+        text_intermediate: 256,
+        text_heads: 8,
+        text_kv_heads: 4,
+        var: VarConfig {
+            depth: 4,
+            patch_nums: vec![1, 2, 4],
+            vocab_size: 80,
+            z_channels: 8,
+            ch: 32,
+            share_quant_resi: 4,
+        },
+        ..CheckpointSpec::small()
+    };
+    make_checkpoint(dir.path(), &spec).unwrap();
+    dir
+}
 
 pub fn requests() -> Vec<Request> {
     let png = std::fs::read(fixture().join("test_image.png")).unwrap();
