@@ -79,8 +79,10 @@ fn communicators(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, Engin
 mod tests {
     use super::*;
 
+    // The duplicate-GPU half of the rule needs CUDA devices: `tests/gpu.rs`
+    // (`gpu_tp_on_one_card_matches_tp1`, built with `nccl`) covers it.
     #[test]
-    fn nccl_only_for_distinct_gpus() {
+    fn nccl_needs_cuda_devices() {
         assert!(!nccl_usable(&[Device::Cpu, Device::Cpu]));
     }
 }

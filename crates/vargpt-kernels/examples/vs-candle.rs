@@ -96,14 +96,13 @@ fn main() -> candle_core::Result<()> {
         (267, 2816, 1024, &[DType::F32][..]),
         (267, 1024, 2816, &[DType::F32][..]),
     ];
-    let custom: Vec<(usize, usize, usize, &[DType])> = shapes
-        .iter()
-        .map(|&(m, n, kk)| (m, n, kk, &[DType::F32][..]))
-        .collect();
-    let cases: Vec<(usize, usize, usize, &[DType])> = if custom.is_empty() {
+    let cases: Vec<(usize, usize, usize, &[DType])> = if shapes.is_empty() {
         default_cases.to_vec()
     } else {
-        custom
+        shapes
+            .iter()
+            .map(|&(m, n, kk)| (m, n, kk, &[DType::F32][..]))
+            .collect()
     };
     for (m, n, kk, dtypes) in cases {
         let w32 = random_vec(n * kk, 1);

@@ -15,9 +15,13 @@ use rayon::prelude::*;
 /// Below this many elements a single thread is faster than fanning out.
 const PAR_MIN: usize = 1 << 15;
 
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+    if !is_cpu_f32(t) {
         return None;
     }
     let (s, l) = t.storage_and_layout();
@@ -113,6 +117,11 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Option<Tensor>> {
+    // Checked before the weights are read back: on a GPU that would be a device →
+    // host copy on every call, for nothing.
+    if !is_cpu_f32(x) {
+        return Ok(None);
+    }
     let width = x.dim(candle_core::D::Minus1)?;
     let w = weight.map(f32_vec).transpose()?;
     let b = bias.map(f32_vec).transpose()?;
@@ -137,6 +146,9 @@ pub fn layer_norm(
 
 /// LLaMA RMSNorm over the last dimension: `x / √(mean(x²) + ε) · w`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    if !is_cpu_f32(x) {
+        return Ok(None);
+    }
     let width = x.dim(candle_core::D::Minus1)?;
     let w = f32_vec(weight)?;
     let out = with_f32(x, |xs| {
@@ -162,7 +174,7 @@ pub fn group_norm(
     then_silu: bool,
 ) -> Result<Option<Tensor>> {
     let (n, c, h, wd) = x.dims4()?;
-    if n != 1 || c % groups != 0 {
+    if !is_cpu_f32(x) || n != 1 || c % groups != 0 {
         return Ok(None);
     }
     let (w, b) = (f32_vec(weight)?, f32_vec(bias)?);

@@ -1,5 +1,6 @@
-//! Tensor-parallel equality: a sharded engine against an unsharded one, on the
-//! same requests (prefill logits within 1e-4 relative, identical tokens and codes).
+//! Engine equality on the same requests (prefill logits within 1e-4 relative,
+//! identical tokens and codes): a sharded engine against an unsharded one, or the
+//! GPU against the CPU.
 
 use super::parity::fixture;
 use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
