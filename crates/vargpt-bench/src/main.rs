@@ -364,25 +364,32 @@ fn components(m: &ModelArgs) -> Result<()> {
     let var = model.var.config().clone();
     let total = var.total_tokens();
     let hd = model.config.llm_hidden();
-    // LLM over all image-stage tokens, stage by stage, on a fresh cache.
+    // LLM over all image-stage tokens, stage by stage, on a fresh cache (and
+    // each stage's share of the second, timed run).
+    let mut llm_per_stage = vec![0.0; var.patch_nums.len()];
     let llm_stages_s = time(&mut || {
         let mut cache = model.llm.new_cache();
         model.llm.forward(&emb, &mut cache)?;
-        for &p in &var.patch_nums {
+        for (i, &p) in var.patch_nums.iter().enumerate() {
             let x = Tensor::zeros((1, p * p, hd), model.dtype(), model.device())?;
+            let t = Instant::now();
             model.llm.forward(&x, &mut cache)?;
+            llm_per_stage[i] = t.elapsed().as_secs_f64();
         }
         Ok(())
     })?;
     let cls = model.var.class_embedding(model.config.gen_class_index())?;
+    let mut var_per_stage = vec![0.0; var.patch_nums.len()];
     let var_stages_s = time(&mut || {
         let (mut c1, mut c2) = (model.var.new_cache(), model.var.new_cache());
-        for &p in &var.patch_nums {
+        for (i, &p) in var.patch_nums.iter().enumerate() {
             let l = p * p;
             let x = Tensor::zeros((2 * l, var.width()), model.dtype(), model.device())?;
+            let t = Instant::now();
             model
                 .var
                 .forward_ragged(&x, &cls, &mut [(&mut c1, l), (&mut c2, l)])?;
+            var_per_stage[i] = t.elapsed().as_secs_f64();
         }
         Ok(())
     })?;
@@ -403,6 +410,7 @@ fn components(m: &ModelArgs) -> Result<()> {
         serde_json::to_string_pretty(&json!({
             "clip_s": clip_s, "llm_prefill_s": llm_prefill_s, "prompt_tokens": ids.len(),
             "llm_prefill_plus_image_stages_s": llm_stages_s, "var_all_stages_cfg_s": var_stages_s,
+            "llm_per_stage_s": llm_per_stage, "var_per_stage_s": var_per_stage,
             "vq_residual_s": residual_s, "vqvae_decode_s": decode_s,
         }))?
     );

@@ -80,7 +80,7 @@ macro_rules! map2 {
                 unsafe fn avx2(a: &[f32], b: &[f32], out: &mut [f32]) {
                     body(a, b, out)
                 }
-                if crate::Isa::detect() == crate::Isa::Avx2 {
+                if crate::Isa::detect().has_avx2() {
                     // SAFETY: the CPU has AVX2 and FMA (checked at run time).
                     return unsafe { avx2(a, b, out) };
                 }
@@ -156,7 +156,7 @@ pub fn silu_inplace_serial(x: &mut [f32]) {
         unsafe fn avx2(x: &mut [f32]) {
             body(x)
         }
-        if crate::Isa::detect() == crate::Isa::Avx2 {
+        if crate::Isa::detect().has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
             return unsafe { avx2(x) };
         }

@@ -19,10 +19,13 @@
 //! for bf16), which halves the bytes streamed compared to `f32` weights.
 //!
 //! # Dispatch
-//! [`Isa::detect`] picks [`Isa::Avx2`] when the CPU has AVX2, FMA and F16C
-//! (checked once at run time with `is_x86_feature_detected!`), otherwise
-//! [`Isa::Scalar`], a portable implementation that compiles on every target.
-//! Asking for [`Isa::Avx2`] on a CPU without it silently uses the scalar path.
+//! [`Isa::detect`] picks [`Isa::Avx512`] when the CPU also has AVX-512F,
+//! [`Isa::Avx2`] when it has AVX2, FMA and F16C (checked once at run time
+//! with `is_x86_feature_detected!`), otherwise [`Isa::Scalar`], a portable
+//! implementation that compiles on every target. Asking for an instruction
+//! set the CPU lacks silently uses the scalar path. [`Isa::Avx512`] changes
+//! only the tiles of `m ≥ 2` products (two tokens per 512-bit register, same
+//! bits as AVX2); a GEMV is memory-bound and stays AVX2.
 //!
 //! # Threads
 //! Work is split over *output rows* only: chunks of 16-row multiples, claimed
@@ -55,7 +58,8 @@
 //! * results are bit-identical for any thread count, and
 //! * row `t` of a batched call is bit-identical to a [`gemv`] of that row
 //!   alone (batch invariance: continuous batching does not change outputs),
-//! * the AVX2 and scalar paths may differ in the last bits (FMA vs mul+add).
+//! * the AVX2 and AVX-512 paths give the same bits, and may differ from the
+//!   scalar path in the last bits (FMA vs mul+add).
 //!
 //! Error bound (standard recursive-summation analysis, `u = 2⁻²⁴`,
 //! `γ(p) = p·u / (1 - p·u)`, `p = ⌈k/8⌉ + 4`), for weights taken as their exact
@@ -77,8 +81,11 @@ pub use half::{bf16, f16};
 
 pub mod act;
 pub mod attn;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod par;
 mod scalar;
+pub mod sgemm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -94,6 +101,19 @@ pub const PAR_MIN_BYTES: usize = 1024 * 1024;
 /// ours is 1.4–2.6× faster at m = 32, 1.0–1.6× at m = 72–100 (the LLaMA and
 /// VAR shapes of the image stages), level at m ≈ 169 and 5–13% slower at 256.
 pub const SMALL_M_MAX: usize = 128;
+
+/// The largest `m` for which [`gemm_small_m`] is the faster kernel on this CPU:
+/// [`SMALL_M_MAX`], or unbounded with [`Isa::Avx512`], whose 24-accumulator
+/// tiles beat the `gemm` crate at every size we run. Measured with
+/// `examples/vs-candle --shape` on a 2-vCPU Intel Xeon with AVX-512, f32:
+/// 1.3–2.0× at m = 8–512 (267 × 2816 × 1024: 5.8 ms against 8.1 ms).
+pub fn small_m_limit() -> usize {
+    if Isa::detect() == Isa::Avx512 {
+        usize::MAX
+    } else {
+        SMALL_M_MAX
+    }
+}
 
 mod sealed {
     pub trait Sealed {}
@@ -160,6 +180,10 @@ pub enum Isa {
     Scalar,
     /// x86_64 AVX2 + FMA + F16C (256-bit FMA, hardware f16→f32).
     Avx2,
+    /// [`Isa::Avx2`] plus AVX-512F: products of `m ≥ 2` tokens use 512-bit
+    /// tiles holding two tokens' 8-lane accumulators each (the same bits as
+    /// AVX2, twice the FMAs per instruction); everything else runs as AVX2.
+    Avx512,
 }
 
 impl Isa {
@@ -167,7 +191,9 @@ impl Isa {
     pub fn detect() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            if Isa::Avx2.is_available() {
+            if Isa::Avx512.is_available() {
+                Isa::Avx512
+            } else if Isa::Avx2.is_available() {
                 Isa::Avx2
             } else {
                 Isa::Scalar
@@ -180,12 +206,18 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => avx2_available(),
+            Isa::Avx512 => avx2_available() && avx512_available(),
         }
+    }
+
+    /// Whether `self` includes AVX2 + FMA + F16C (the 256-bit kernels).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
     }
 
     /// All instruction sets this CPU can run (for tests and benchmarks).
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -204,6 +236,17 @@ fn avx2_available() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available() -> bool {
     false
 }
 
@@ -340,6 +383,19 @@ pub fn gemm_small_m<W: Weight>(opts: &Opts, w: &[W], x: &[f32], out: &mut [f32],
     // once the batch makes the call compute-heavy.
     let bytes = std::mem::size_of_val(w).saturating_mul(m.div_ceil(4));
     let out_ptr = par::SendPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && m >= 2 {
+        // Token pairs packed once for all threads (see `avx512`).
+        let packed = avx512::Packed::new(x, m, k);
+        let run = |r0: usize, r1: usize| {
+            let out = out_ptr;
+            // SAFETY: AVX-512 checked (`is_available`); `packed` is the
+            // packing of m tokens of length k; writes as described below.
+            unsafe { avx512::rows(w.as_ptr(), packed.as_ptr(), out.0, n, k, m, r0, r1) }
+        };
+        par::for_each_rows(n, bytes, opts.threads, &run);
+        return;
+    }
     let run = |r0: usize, r1: usize| {
         let out = out_ptr;
         // SAFETY: `rows` writes only out[t*n + i] for t < m, r0 <= i < r1, and
@@ -371,7 +427,7 @@ unsafe fn rows<W: Weight>(
     debug_assert!(r0 <= r1 && r1 <= n && w.len() == n * k && x.len() == m * k);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::rows(w.as_ptr(), x.as_ptr(), out, n, k, m, r0, r1),
+        Isa::Avx2 | Isa::Avx512 => x86::rows(w.as_ptr(), x.as_ptr(), out, n, k, m, r0, r1),
         _ => scalar::rows(w, x, out, n, k, m, r0, r1),
     }
 }
@@ -414,7 +470,7 @@ pub fn error_bound(k: usize, abs_sum: f64) -> f64 {
 pub fn widen_to_f32<W: Weight>(isa: Isa, src: &[W], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "widen_to_f32: length mismatch");
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && isa.is_available() {
+    if isa.has_avx2() && isa.is_available() {
         // SAFETY: AVX2/FMA/F16C checked above; equal lengths asserted.
         unsafe { x86::widen(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
         return;
@@ -447,7 +503,7 @@ pub fn sum_f32_probe(opts: &Opts, buf: &[f32]) -> f32 {
         let v = match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 checked via `is_available`; `s` is a valid slice.
-            Isa::Avx2 => unsafe { x86::sum_f32(s.as_ptr(), s.len()) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { x86::sum_f32(s.as_ptr(), s.len()) },
             _ => s.iter().sum(),
         };
         partial[r0 / par::ROW_ALIGN].store(v.to_bits(), std::sync::atomic::Ordering::Relaxed);

@@ -381,3 +381,36 @@ fn concurrent_callers_share_the_pool() {
         }
     });
 }
+
+/// The AVX-512 tiles promise the AVX2 tiles' bits (same per-lane FMA order),
+/// which is what keeps batched and unbatched decoding identical on any CPU.
+#[test]
+fn avx512_has_the_avx2_bits() {
+    if !Isa::Avx512.is_available() {
+        eprintln!("SKIPPED: this CPU has no AVX-512F");
+        return;
+    }
+    let mut rng = Rng(40);
+    for _ in 0..60 {
+        let m = 2 + rng.below(40);
+        let n = 1 + rng.below(70);
+        let k = 1 + rng.below(600);
+        let w32 = rng.vec(n * k);
+        let x = rng.vec(m * k);
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let run = |isa: Isa, out: &mut [f32]| {
+            let o = Opts { threads: 1, isa };
+            gemm_small_m(&o, &w32, &x, &mut out[..m * n], m);
+            gemm_small_m(&o, &w16, &x, &mut out[m * n..2 * m * n], m);
+            gemm_small_m(&o, &wb, &x, &mut out[2 * m * n..], m);
+        };
+        let (mut a, mut b) = (vec![0.0; 3 * m * n], vec![0.0; 3 * m * n]);
+        run(Isa::Avx2, &mut a);
+        run(Isa::Avx512, &mut b);
+        assert!(
+            bits(&a) == bits(&b),
+            "m={m} n={n} k={k}: AVX-512 differs from AVX2"
+        );
+    }
+}

@@ -23,13 +23,12 @@ const PF_ELEMS: usize = 128;
 /// 512 KiB blocks (1 MiB: 193–198, 256 KiB: 196–200); k = 1024 unchanged.
 const X_BLOCK_BYTES: usize = 512 << 10;
 
-// The workspace's dev profile keeps debug assertions and overflow checks on.
-// `core::arch` loads such as `_mm256_loadu_ps` are written with
-// `ptr::copy_nonoverlapping`, whose UB checks then run (and spill) in the
-// inner loop, and a plain `*ptr` dereference gets a null check. So the hot
-// loops below use only `vlddqu` loads (an LLVM intrinsic: no Rust-level
-// checks; as fast as `vmovdqu` on every AVX2 CPU), `wrapping_*` pointer and
-// index arithmetic, and register-only intrinsics.
+// Under debug assertions, `core::arch` loads such as `_mm256_loadu_ps` carry
+// UB checks (and spill) in the inner loop, and a plain `*ptr` dereference gets
+// a null check. The workspace turns debug assertions off for this crate
+// (Cargo.toml), and these AVX2 loops are also written to be immune: `vlddqu`
+// loads (an LLVM intrinsic, as fast as `vmovdqu` on every AVX2 CPU),
+// `wrapping_*` pointer arithmetic and register-only intrinsics.
 
 /// Unaligned load of 8 `f32`.
 #[inline]
@@ -62,7 +61,7 @@ unsafe fn load8<W: Weight>(p: *const W) -> __m256 {
 /// (same as `scalar::hsum`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(crate) fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps::<1>(v);
     let s = _mm_add_ps(lo, hi);

@@ -194,149 +194,229 @@ fn conv3x3_winograd(
     let rows_per_block = (256 / tw).clamp(1, th.div_ceil(threads).max(1));
     let blocks = th.div_ceil(rows_per_block);
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let job = WinogradJob {
+        x,
+        cin,
+        h,
+        w,
+        u: &u,
+        cout,
+        bias,
+        out: &out_ptr,
+        th,
+        tw,
+        rows_per_block,
+        serial: blocks >= threads,
+        threads,
+    };
+    let avx512 = vargpt_kernels::Isa::Avx512.is_available();
     (0..blocks).into_par_iter().for_each(|b| {
-        let r0 = b * rows_per_block;
-        let r1 = (r0 + rows_per_block).min(th);
-        let nt = (r1 - r0) * tw;
-        // V[e][ci][t]: the transformed input tiles.
-        let mut v = vec![0f32; 16 * cin * nt];
-        // Per input row i of the tile row: even (x = 2k−1) and odd (x = 2k) columns,
-        // k = 0 … tw, zero outside the image; then the same after combining along y.
-        let mut raw = vec![0f32; 8 * (tw + 1)];
-        let mut comb = vec![0f32; 8 * (tw + 1)];
-        for ci in 0..cin {
-            let plane = &x[ci * h * w..(ci + 1) * h * w];
-            for tr in r0..r1 {
-                raw.fill(0.0);
-                for i in 0..4 {
-                    let y = (2 * tr + i) as isize - 1;
-                    if y < 0 || y >= h as isize {
-                        continue;
-                    }
-                    let row = &plane[y as usize * w..(y as usize + 1) * w];
-                    let (ev, od) = raw[i * 2 * (tw + 1)..][..2 * (tw + 1)].split_at_mut(tw + 1);
-                    for (k, pair) in row.chunks(2).enumerate() {
-                        od[k] = pair[0];
-                        if let Some(&p1) = pair.get(1) {
-                            ev[k + 1] = p1;
-                        }
-                    }
-                }
-                // Along y: Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1], on even and odd.
-                let n = 2 * (tw + 1);
-                let (d0, rest) = raw.split_at(n);
-                let (d1, rest) = rest.split_at(n);
-                let (d2, d3) = rest.split_at(n);
-                let (c0, rest) = comb.split_at_mut(n);
-                let (c1, rest) = rest.split_at_mut(n);
-                let (c2, c3) = rest.split_at_mut(n);
-                for k in 0..n {
-                    c0[k] = d0[k] - d2[k];
-                    c1[k] = d1[k] + d2[k];
-                    c2[k] = d2[k] - d1[k];
-                    c3[k] = d1[k] - d3[k];
-                }
-                // Along x, for every tile of the row at once: the tile's columns are
-                // (even[tc], odd[tc], even[tc+1], odd[tc+1]).
-                let t0 = (tr - r0) * tw;
-                for i in 0..4 {
-                    let (ev, od) = comb[i * n..(i + 1) * n].split_at(tw + 1);
-                    let (e0, e1, o0, o1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..tw + 1]);
-                    let plane_of = |j: usize| ((i * 4 + j) * cin + ci) * nt + t0;
-                    let dst = &mut v[plane_of(0)..][..tw];
-                    for (d, (a, b)) in dst.iter_mut().zip(e0.iter().zip(e1)) {
-                        *d = a - b;
-                    }
-                    let dst = &mut v[plane_of(1)..][..tw];
-                    for (d, (a, b)) in dst.iter_mut().zip(o0.iter().zip(e1)) {
-                        *d = a + b;
-                    }
-                    let dst = &mut v[plane_of(2)..][..tw];
-                    for (d, (a, b)) in dst.iter_mut().zip(e1.iter().zip(o0)) {
-                        *d = a - b;
-                    }
-                    let dst = &mut v[plane_of(3)..][..tw];
-                    for (d, (a, b)) in dst.iter_mut().zip(o0.iter().zip(o1)) {
-                        *d = a - b;
-                    }
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if avx512 {
+            // SAFETY: AVX-512F/AVX2/FMA checked at run time.
+            return unsafe { winograd_block_avx512(&job, b) };
         }
-        // M[e] = U[e] (cout × cin) · V[e] (cin × nt).
-        let mut m = vec![0f32; 16 * cout * nt];
-        let par = if blocks < threads {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        for e in 0..16 {
-            // SAFETY: all three are dense row-major blocks of the stated sizes.
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    nt,
-                    cin,
-                    m.as_mut_ptr().add(e * cout * nt),
-                    1,
-                    nt as isize,
-                    false,
-                    u.as_ptr().add(e * cout * cin),
-                    1,
-                    cin as isize,
-                    v.as_ptr().add(e * cin * nt),
-                    1,
-                    nt as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-        }
-        // Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1], plus bias, a tile row at a time.
-        let out_ptr = &out_ptr;
-        let mut sy = vec![0f32; 8 * tw];
-        let mut row = vec![0f32; 2 * tw];
-        for co in 0..cout {
-            let bc = bias[co];
-            for tr in r0..r1 {
-                let t0 = (tr - r0) * tw;
-                let plane = |e: usize| &m[(e * cout + co) * nt + t0..][..tw];
-                // Along y: sy[a·4 + j] for output row a of the tile.
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (plane(j), plane(4 + j), plane(8 + j), plane(12 + j));
-                    let (top, bottom) = sy.split_at_mut(4 * tw);
-                    let top = &mut top[j * tw..(j + 1) * tw];
-                    let bottom = &mut bottom[j * tw..(j + 1) * tw];
-                    for k in 0..tw {
-                        top[k] = m0[k] + m1[k] + m2[k];
-                        bottom[k] = m1[k] - m2[k] - m3[k];
-                    }
-                }
-                for a in 0..2 {
-                    let y = 2 * tr + a;
-                    if y >= h {
-                        continue;
-                    }
-                    let q = &sy[a * 4 * tw..(a + 1) * 4 * tw];
-                    let (q0, q1, q2, q3) =
-                        (&q[..tw], &q[tw..2 * tw], &q[2 * tw..3 * tw], &q[3 * tw..]);
-                    for (k, px) in row.chunks_exact_mut(2).enumerate() {
-                        px[0] = q0[k] + q1[k] + q2[k] + bc;
-                        px[1] = q1[k] - q2[k] - q3[k] + bc;
-                    }
-                    // SAFETY: blocks own disjoint tile rows, so disjoint output rows;
-                    // the row lies inside `out` (cout·h·w).
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.0.add((co * h + y) * w), w)
-                    };
-                    dst.copy_from_slice(&row[..w]);
-                }
-            }
-        }
+        let _ = avx512;
+        winograd_block(&job, b)
     });
+}
+
+/// What every block of one Winograd convolution shares.
+struct WinogradJob<'a> {
+    x: &'a [f32],
+    cin: usize,
+    h: usize,
+    w: usize,
+    u: &'a [f32],
+    cout: usize,
+    bias: &'a [f32],
+    out: &'a SendPtr,
+    th: usize,
+    tw: usize,
+    rows_per_block: usize,
+    /// One thread per block (enough blocks for all threads).
+    serial: bool,
+    threads: usize,
+}
+
+/// [`winograd_block`] compiled for AVX-512: the transforms are element-wise slice
+/// loops, which the compiler then vectorises 16 wide instead of SSE's 4.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn winograd_block_avx512(job: &WinogradJob, b: usize) {
+    winograd_block(job, b)
+}
+
+/// Block `b` of tile rows: input transform, 16 GEMMs, output transform.
+#[inline(always)]
+fn winograd_block(job: &WinogradJob, b: usize) {
+    let WinogradJob {
+        x,
+        cin,
+        h,
+        w,
+        u,
+        cout,
+        bias,
+        out: out_ptr,
+        th,
+        tw,
+        rows_per_block,
+        serial,
+        threads,
+    } = *job;
+
+    let r0 = b * rows_per_block;
+    let r1 = (r0 + rows_per_block).min(th);
+    let nt = (r1 - r0) * tw;
+    // V[e][ci][t]: the transformed input tiles.
+    let mut v = vec![0f32; 16 * cin * nt];
+    // Per input row i of the tile row: even (x = 2k−1) and odd (x = 2k) columns,
+    // k = 0 … tw, zero outside the image; then the same after combining along y.
+    let mut raw = vec![0f32; 8 * (tw + 1)];
+    let mut comb = vec![0f32; 8 * (tw + 1)];
+    for ci in 0..cin {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for tr in r0..r1 {
+            raw.fill(0.0);
+            for i in 0..4 {
+                let y = (2 * tr + i) as isize - 1;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                let row = &plane[y as usize * w..(y as usize + 1) * w];
+                let (ev, od) = raw[i * 2 * (tw + 1)..][..2 * (tw + 1)].split_at_mut(tw + 1);
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    od[w / 2] = *last;
+                }
+                for ((o, e), pair) in od.iter_mut().zip(&mut ev[1..]).zip(pairs) {
+                    *o = pair[0];
+                    *e = pair[1];
+                }
+            }
+            // Along y: Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1], on even and odd.
+            let n = 2 * (tw + 1);
+            let (d0, rest) = raw.split_at(n);
+            let (d1, rest) = rest.split_at(n);
+            let (d2, d3) = rest.split_at(n);
+            let (c0, rest) = comb.split_at_mut(n);
+            let (c1, rest) = rest.split_at_mut(n);
+            let (c2, c3) = rest.split_at_mut(n);
+            for k in 0..n {
+                c0[k] = d0[k] - d2[k];
+                c1[k] = d1[k] + d2[k];
+                c2[k] = d2[k] - d1[k];
+                c3[k] = d1[k] - d3[k];
+            }
+            // Along x, for every tile of the row at once: the tile's columns are
+            // (even[tc], odd[tc], even[tc+1], odd[tc+1]).
+            let t0 = (tr - r0) * tw;
+            for i in 0..4 {
+                let (ev, od) = comb[i * n..(i + 1) * n].split_at(tw + 1);
+                let (e0, e1, o0, o1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..tw + 1]);
+                let plane_of = |j: usize| ((i * 4 + j) * cin + ci) * nt + t0;
+                let dst = &mut v[plane_of(0)..][..tw];
+                for (d, (a, b)) in dst.iter_mut().zip(e0.iter().zip(e1)) {
+                    *d = a - b;
+                }
+                let dst = &mut v[plane_of(1)..][..tw];
+                for (d, (a, b)) in dst.iter_mut().zip(o0.iter().zip(e1)) {
+                    *d = a + b;
+                }
+                let dst = &mut v[plane_of(2)..][..tw];
+                for (d, (a, b)) in dst.iter_mut().zip(e1.iter().zip(o0)) {
+                    *d = a - b;
+                }
+                let dst = &mut v[plane_of(3)..][..tw];
+                for (d, (a, b)) in dst.iter_mut().zip(o0.iter().zip(o1)) {
+                    *d = a - b;
+                }
+            }
+        }
+    }
+    // M[e] = U[e] (cout × cin) · V[e] (cin × nt).
+    let mut m = vec![0f32; 16 * cout * nt];
+    for e in 0..16 {
+        let (ue, ve) = (
+            &u[e * cout * cin..][..cout * cin],
+            &v[e * cin * nt..][..cin * nt],
+        );
+        let me = &mut m[e * cout * nt..][..cout * nt];
+        // AVX-512 CPUs: our micro-kernel (the `gemm` crate is AVX2-only on
+        // stable Rust); one thread per block, the blocks run in parallel.
+        if serial && vargpt_kernels::sgemm::sgemm(cout, nt, cin, ue, cin, ve, nt, me, nt) {
+            continue;
+        }
+        let par = if serial {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(threads)
+        };
+        // SAFETY: all three are dense row-major blocks of the stated sizes.
+        unsafe {
+            gemm::gemm(
+                cout,
+                nt,
+                cin,
+                me.as_mut_ptr(),
+                1,
+                nt as isize,
+                false,
+                ue.as_ptr(),
+                1,
+                cin as isize,
+                ve.as_ptr(),
+                1,
+                nt as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+    // Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1], plus bias, a tile row at a time.
+
+    let mut sy = vec![0f32; 8 * tw];
+    let mut row = vec![0f32; 2 * tw];
+    for co in 0..cout {
+        let bc = bias[co];
+        for tr in r0..r1 {
+            let t0 = (tr - r0) * tw;
+            let plane = |e: usize| &m[(e * cout + co) * nt + t0..][..tw];
+            // Along y: sy[a·4 + j] for output row a of the tile.
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (plane(j), plane(4 + j), plane(8 + j), plane(12 + j));
+                let (top, bottom) = sy.split_at_mut(4 * tw);
+                let top = &mut top[j * tw..(j + 1) * tw];
+                let bottom = &mut bottom[j * tw..(j + 1) * tw];
+                for k in 0..tw {
+                    top[k] = m0[k] + m1[k] + m2[k];
+                    bottom[k] = m1[k] - m2[k] - m3[k];
+                }
+            }
+            for a in 0..2 {
+                let y = 2 * tr + a;
+                if y >= h {
+                    continue;
+                }
+                let q = &sy[a * 4 * tw..(a + 1) * 4 * tw];
+                let (q0, q1, q2, q3) = (&q[..tw], &q[tw..2 * tw], &q[2 * tw..3 * tw], &q[3 * tw..]);
+                for (k, px) in row.chunks_exact_mut(2).enumerate() {
+                    px[0] = q0[k] + q1[k] + q2[k] + bc;
+                    px[1] = q1[k] - q2[k] - q3[k] + bc;
+                }
+                // SAFETY: blocks own disjoint tile rows, so disjoint output rows;
+                // the row lies inside `out` (cout·h·w).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((co * h + y) * w), w) };
+                dst.copy_from_slice(&row[..w]);
+            }
+        }
+    }
 }
 
 /// U[e][co][ci] = (G g Gᵀ)[e] with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].

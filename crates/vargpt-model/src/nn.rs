@@ -89,7 +89,7 @@ impl Linear {
     }
 }
 
-/// Small-batch products on CPU (≤ `SMALL_M_MAX` rows of f32 activations, or any
+/// Small-batch products on CPU (≤ `small_m_limit()` rows of f32 activations, or any
 /// number of rows with half-precision weights) go through the kernels of
 /// `vargpt-kernels`: every weight row is streamed once
 /// for all rows, f16/bf16 weights are widened in registers, and a row's result does
@@ -103,7 +103,7 @@ fn small_m_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if !x.device().is_cpu()
         || x.dtype() != DType::F32
         || m == 0
-        || (m > vargpt_kernels::SMALL_M_MAX && !half)
+        || (m > vargpt_kernels::small_m_limit() && !half)
     {
         return Ok(None);
     }

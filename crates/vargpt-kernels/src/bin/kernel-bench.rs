@@ -232,12 +232,12 @@ fn main() {
             ("read probe", "-", threads, 0),
             ("naive loop", "f32", 1, 4),
             ("ours scalar", "f32", threads, 4),
-            ("ours avx2", "f32", 1, 4),
-            ("ours avx2", "f32", threads, 4),
+            ("ours simd", "f32", 1, 4),
+            ("ours simd", "f32", threads, 4),
             ("ours scalar", "f16", threads, 2),
-            ("ours avx2", "f16", 1, 2),
-            ("ours avx2", "f16", threads, 2),
-            ("ours avx2", "bf16", threads, 2),
+            ("ours simd", "f16", 1, 2),
+            ("ours simd", "f16", threads, 2),
+            ("ours simd", "bf16", threads, 2),
         ];
         let o = std::cell::RefCell::new(&mut out);
         let mut v: Vec<Variant<'_>> = Vec::new();
@@ -292,11 +292,11 @@ fn main() {
                 100.0 * g / bound
             );
         }
-        t_f32 = find("ours avx2", "f32", threads);
-        t_f16 = find("ours avx2", "f16", threads);
+        t_f32 = find("ours simd", "f32", threads);
+        t_f16 = find("ours simd", "f16", threads);
         t_naive = find("naive loop", "f32", 1);
         println!(
-            "\nratios: avx2 f32 vs naive loop {:.2}x | f16 vs f32 weights {:.2}x | f32 time vs the f32 bound (bytes / probe bw) {:.0}%",
+            "\nratios: simd f32 vs naive loop {:.2}x | f16 vs f32 weights {:.2}x | f32 time vs the f32 bound (bytes / probe bw) {:.0}%",
             t_naive / t_f32,
             t_f32 / t_f16,
             100.0 * (n * kk * 4) as f64 / bw_t / 1e9 / t_f32
@@ -309,6 +309,12 @@ fn main() {
     } else {
         &[1, 2, 4, 8, 16]
     };
+    // Every m with the detected instruction set; with AVX-512, the batched m
+    // also with plain AVX2 for comparison (same bits, other tiles).
+    let mut small_m_cases: Vec<(usize, Isa)> = ms.iter().map(|&m| (m, isa)).collect();
+    if isa == Isa::Avx512 {
+        small_m_cases.extend(ms.iter().filter(|&&m| m > 1).map(|&m| (m, Isa::Avx2)));
+    }
     let mut batch8 = Vec::new();
     for (n, kk, label) in [
         (2816usize, 1024usize, "gate/up proj"),
@@ -322,22 +328,23 @@ fn main() {
         let o = std::cell::RefCell::new(&mut out);
         let mut v: Vec<Variant<'_>> =
             vec![("probe".into(), Box::new(probe_call(best, n * kk * 4)))];
-        let mut meta = vec![("-", usize::MAX)];
+        let mut meta = vec![("-", usize::MAX, isa)];
         for ty in ["f32", "f16"] {
-            for &m in ms {
+            for &(m, isa) in &small_m_cases {
+                let opts = best.with_isa(isa);
                 let (c32, c16, o) = (&c32, &c16, &o);
                 let x = &xs[..m * kk];
                 let f: Box<dyn FnMut(usize)> = if ty == "f32" {
                     Box::new(move |i| {
-                        gemm_small_m(&best, c32.get(i), x, &mut o.borrow_mut()[..m * n], m)
+                        gemm_small_m(&opts, c32.get(i), x, &mut o.borrow_mut()[..m * n], m)
                     })
                 } else {
                     Box::new(move |i| {
-                        gemm_small_m(&best, c16.get(i), x, &mut o.borrow_mut()[..m * n], m)
+                        gemm_small_m(&opts, c16.get(i), x, &mut o.borrow_mut()[..m * n], m)
                     })
                 };
-                v.push((format!("{ty} m={m}"), f));
-                meta.push((ty, m));
+                v.push((format!("{ty} m={m} {isa:?}"), f));
+                meta.push((ty, m, isa));
             }
             // 8 separate GEMVs (8 weight passes), for contrast with the batched kernel.
             let (c32, c16, xs, o) = (&c32, &c16, &xs, &o);
@@ -365,15 +372,15 @@ fn main() {
                 })
             };
             v.push((format!("{ty} 8x gemv"), f));
-            meta.push((ty, 0));
+            meta.push((ty, 0, isa));
         }
         let res = bench(args.rounds, if args.quick { 4 } else { 8 }, &mut v);
         let bw = gbs(n * kk * 4, res[0].0);
         println!("\n## Small-m GEMM, W {n}x{kk} ({label}), cold weights; read probe in the same rounds: {bw:.1} GB/s");
-        println!("| weights | m | min ms | median ms | weight GB/s (min) | % of read bw | tokens/s | vs m=1 tokens/s | GFLOP/s |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("| weights | m | isa | min ms | median ms | weight GB/s (min) | % of read bw | tokens/s | vs m=1 tokens/s | GFLOP/s |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         let mut base = 0.0;
-        for (&(ty, m), &(mn, med)) in meta.iter().zip(&res).skip(1) {
+        for (&(ty, m, case_isa), &(mn, med)) in meta.iter().zip(&res).skip(1) {
             let bpe = if ty == "f32" { 4 } else { 2 };
             let (calls, label_m) = if m == 0 {
                 (8, "8 x gemv (unbatched)".to_string())
@@ -387,17 +394,142 @@ fn main() {
             }
             let g = gbs(calls * n * kk * bpe, mn);
             println!(
-                "| {ty} | {label_m} | {:.3} | {:.3} | {g:.1} | {:.0}% | {tps:.0} | {:.2}x | {:.1} |",
+                "| {ty} | {label_m} | {case_isa:?} | {:.3} | {:.3} | {g:.1} | {:.0}% | {tps:.0} | {:.2}x | {:.1} |",
                 mn * 1e3,
                 med * 1e3,
                 100.0 * g / bw,
                 tps / base,
                 2.0 * (tokens * n * kk) as f64 / mn / 1e9
             );
-            if m == 8 {
+            if m == 8 && case_isa == isa {
                 batch8.push((format!("{ty} {n}x{kk}"), tps / base));
             }
         }
+    }
+
+    // ---------------------------------------------------------------- compute (hot weights)
+    // Weights that stay in L2 (n = 256, k = 1024, f32: 1 MiB), one thread:
+    // what the register tiles sustain when memory is not the limit.
+    println!("\n## Compute-bound small-m GEMM, hot weights 256x1024 f32, 1 thread");
+    println!("| m | isa | min us | GFLOP/s |");
+    println!("|---|---|---|---|");
+    {
+        let (n, kk): (usize, usize) = std::env::var("HOT_NK")
+            .ok()
+            .map(|v| {
+                let mut it = v.split('x').map(|s| s.parse().unwrap());
+                (it.next().unwrap(), it.next().unwrap())
+            })
+            .unwrap_or((256, 1024));
+        let w_buf = random_vec(n * kk + 16, 10);
+        let shift: usize = std::env::var("HOT_SHIFT")
+            .ok()
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        let w = &w_buf[(w_buf.as_ptr().align_offset(64) + shift) % 16..][..n * kk];
+        let xs = random_vec(64 * kk, 11);
+        let mut out = vec![0.0f32; 64 * n];
+        let o = std::cell::RefCell::new(&mut out);
+        let mut cases = Vec::new();
+        for m in [2usize, 4, 8, 16, 32, 64] {
+            for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
+                cases.push((m, isa));
+            }
+        }
+        let mut v: Vec<Variant<'_>> = Vec::new();
+        for &(m, isa) in &cases {
+            let opts = one.with_isa(isa);
+            let (w, x, o) = (w, &xs[..m * kk], &o);
+            v.push((
+                format!("{m} {isa:?}"),
+                Box::new(move |_| gemm_small_m(&opts, w, x, &mut o.borrow_mut()[..m * n], m)),
+            ));
+        }
+        let res = bench_inner(args.rounds, 8, &mut v);
+        for (&(m, isa), &(mn, _)) in cases.iter().zip(&res) {
+            println!(
+                "| {m} | {isa:?} | {:.1} | {:.1} |",
+                mn * 1e6,
+                2.0 * (m * n * kk) as f64 / mn / 1e9
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- sgemm
+    if Isa::Avx512.is_available() {
+        // The Winograd GEMMs of the VQVAE decoder: cout × cin · cin × tiles.
+        println!("\n## sgemm (AVX-512 micro-kernel), 1 thread, hot operands");
+        println!("| m x n x k | min us | GFLOP/s |");
+        println!("|---|---|---|");
+        for (m, n, kk) in [
+            (160usize, 256usize, 160usize),
+            (320, 256, 320),
+            (640, 64, 640),
+            (96, 96, 96),
+        ] {
+            let a = random_vec(m * kk, 15);
+            let b = random_vec(kk * n, 16);
+            let mut c = vec![0f32; m * n];
+            let cc = std::cell::RefCell::new(&mut c);
+            let mut v: Vec<Variant<'_>> = vec![(
+                "sgemm".into(),
+                Box::new(|_| {
+                    k::sgemm::sgemm(m, n, kk, &a, kk, &b, n, &mut cc.borrow_mut(), n);
+                }),
+            )];
+            let r = bench_inner(args.rounds, 16, &mut v);
+            println!(
+                "| {m}x{n}x{kk} | {:.1} | {:.1} |",
+                r[0].0 * 1e6,
+                2.0 * (m * n * kk) as f64 / r[0].0 / 1e9
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- attention
+    // The last image stage of the bench-mid LLaMA: 256 queries (causal within
+    // the stage) over 954 cached positions, 16 heads of 64; and one VAR-like
+    // stage (8 heads of 64, 512 queries over 680 positions, no mask).
+    println!("\n## Attention (all threads), per call");
+    println!("| case | min ms | GFLOP/s (QK + PV) |");
+    println!("|---|---|---|");
+    for (label, l, heads, d, total, causal) in [
+        (
+            "llama stage 10: 256 q, 954 keys, 16x64",
+            256usize,
+            16usize,
+            64usize,
+            954usize,
+            true,
+        ),
+        (
+            "var stage 10: 512 q, 680 keys, 8x64",
+            512,
+            8,
+            64,
+            680,
+            false,
+        ),
+    ] {
+        let q = random_vec(l * heads * d, 12);
+        let kc = random_vec(heads * total * d, 13);
+        let vc = random_vec(heads * total * d, 14);
+        let vis = move |i: usize| if causal { total - l + i + 1 } else { total };
+        let flops: f64 = (0..l).map(|i| 4.0 * (vis(i) * d * heads) as f64).sum();
+        let mut v: Vec<Variant<'_>> = vec![(
+            label.to_string(),
+            Box::new(|_| {
+                std::hint::black_box(k::attn::attend(
+                    &q, l, heads, heads, d, &kc, &vc, total, vis, 0.125,
+                ));
+            }),
+        )];
+        let r = bench(args.rounds, 2, &mut v);
+        println!(
+            "| {label} | {:.2} | {:.1} |",
+            r[0].0 * 1e3,
+            flops / r[0].0 / 1e9
+        );
     }
 
     // ---------------------------------------------------------------- small shapes (threading)
