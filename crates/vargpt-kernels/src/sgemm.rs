@@ -34,17 +34,41 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) -> bool {
+    assert!(lda >= k, "sgemm: lda < k");
+    sgemm_strided(m, n, k, a, (lda, 1), b, ldb, c, ldc, false)
+}
+
+/// [`sgemm`] with `A` element `(i, p)` at `a[i·a_strides.0 + p·a_strides.1]` (e.g.
+/// one tap `w[:, :, dy, dx]` of a convolution weight), and `C += A · B` instead
+/// of `C = A · B` when `accumulate`.
+///
+/// # Panics
+/// If a slice is too short for its dimensions and strides.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
     if !crate::Isa::Avx512.is_available() {
         return false;
     }
     if m == 0 || n == 0 {
         return true;
     }
+    let (ars, acs) = a_strides;
+    assert!(ldb >= n && ldc >= n, "sgemm: leading dimensions");
     assert!(
-        lda >= k && ldb >= n && ldc >= n,
-        "sgemm: leading dimensions"
+        k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs,
+        "sgemm: a too short"
     );
-    assert!(a.len() >= (m - 1) * lda + k, "sgemm: a too short");
     assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "sgemm: b too short");
     assert!(c.len() >= (m - 1) * ldc + n, "sgemm: c too short");
     #[cfg(target_arch = "x86_64")]
@@ -55,11 +79,12 @@ pub fn sgemm(
             n,
             k,
             a.as_ptr(),
-            lda,
+            (ars, acs),
             b.as_ptr(),
             ldb,
             c.as_mut_ptr(),
             ldc,
+            accumulate,
         )
     };
     true
@@ -76,24 +101,35 @@ mod x86 {
     /// masked off in the stores.
     #[inline(never)]
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const R: usize>(
         k: usize,
         a: *const f32,
-        lda: usize,
+        (ars, acs): (usize, usize),
         bp: *const f32,
         c: *mut f32,
         ldc: usize,
         n_valid: usize,
+        accumulate: bool,
     ) {
         let mask = |bits: usize| -> __mmask16 { ((1u32 << bits.min(16)) - 1) as __mmask16 };
         let (m0, m1) = (mask(n_valid), mask(n_valid.saturating_sub(16)));
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * lda));
+        if accumulate {
+            for r in 0..R {
+                let cr = c.add(r * ldc);
+                acc[r] = [
+                    _mm512_maskz_loadu_ps(m0, cr),
+                    _mm512_maskz_loadu_ps(m1, cr.add(16)),
+                ];
+            }
+        }
+        let ar: [*const f32; R] = core::array::from_fn(|r| a.add(r * ars));
         for p in 0..k {
             let b0 = _mm512_load_ps(bp.add(p * NR));
             let b1 = _mm512_load_ps(bp.add(p * NR + 16));
             for r in 0..R {
-                let av = _mm512_set1_ps(*ar[r].add(p));
+                let av = _mm512_set1_ps(*ar[r].add(p * acs));
                 acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
             }
@@ -112,11 +148,12 @@ mod x86 {
         n: usize,
         k: usize,
         a: *const f32,
-        lda: usize,
+        (ars, acs): (usize, usize),
         b: *const f32,
         ldb: usize,
         c: *mut f32,
         ldc: usize,
+        accumulate: bool,
     ) {
         // One packed B panel (k × 32, zero-padded), reused by every row block.
         // Packing also avoids L1 set conflicts: B rows a power of two apart
@@ -136,21 +173,21 @@ mod x86 {
             let cj = c.add(j);
             let mut i = 0;
             while i < m {
-                let (ai, ci) = (a.add(i * lda), cj.add(i * ldc));
+                let (ai, ci) = (a.add(i * ars), cj.add(i * ldc));
                 let rows = (m - i).min(MR);
                 match rows {
-                    12 => tile::<12>(k, ai, lda, bp, ci, ldc, nv),
-                    11 => tile::<11>(k, ai, lda, bp, ci, ldc, nv),
-                    10 => tile::<10>(k, ai, lda, bp, ci, ldc, nv),
-                    9 => tile::<9>(k, ai, lda, bp, ci, ldc, nv),
-                    8 => tile::<8>(k, ai, lda, bp, ci, ldc, nv),
-                    7 => tile::<7>(k, ai, lda, bp, ci, ldc, nv),
-                    6 => tile::<6>(k, ai, lda, bp, ci, ldc, nv),
-                    5 => tile::<5>(k, ai, lda, bp, ci, ldc, nv),
-                    4 => tile::<4>(k, ai, lda, bp, ci, ldc, nv),
-                    3 => tile::<3>(k, ai, lda, bp, ci, ldc, nv),
-                    2 => tile::<2>(k, ai, lda, bp, ci, ldc, nv),
-                    _ => tile::<1>(k, ai, lda, bp, ci, ldc, nv),
+                    12 => tile::<12>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    11 => tile::<11>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    10 => tile::<10>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    9 => tile::<9>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    8 => tile::<8>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    7 => tile::<7>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    6 => tile::<6>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    5 => tile::<5>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    4 => tile::<4>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    3 => tile::<3>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    2 => tile::<2>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
+                    _ => tile::<1>(k, ai, (ars, acs), bp, ci, ldc, nv, accumulate),
                 }
                 i += rows;
             }
@@ -213,6 +250,41 @@ mod tests {
                 for j in n..ldc {
                     assert!(c[i * ldc + j].is_nan(), "wrote past n");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_a_and_accumulate() {
+        if !crate::Isa::Avx512.is_available() {
+            eprintln!("SKIPPED: no AVX-512F");
+            return;
+        }
+        // A is every third element of a [m, 3k] buffer (a conv weight's tap).
+        let (m, n, k) = (14, 40, 9);
+        let a = vals(m * 3 * k, 3);
+        let b = vals(k * n, 4);
+        let c0 = vals(m * n, 5);
+        let mut c = c0.clone();
+        assert!(sgemm_strided(
+            m,
+            n,
+            k,
+            &a[1..],
+            (3 * k, 3),
+            &b,
+            n,
+            &mut c,
+            n,
+            true
+        ));
+        for i in 0..m {
+            for j in 0..n {
+                let want = c0[i * n + j] as f64
+                    + (0..k)
+                        .map(|p| a[1 + i * 3 * k + 3 * p] as f64 * b[p * n + j] as f64)
+                        .sum::<f64>();
+                assert!((c[i * n + j] as f64 - want).abs() < 1e-5, "({i},{j})");
             }
         }
     }

@@ -23,8 +23,16 @@ pub enum ConvAlgo {
 }
 
 /// Below this many output pixels the Winograd GEMMs are too thin (few tiles) to beat
-/// the nine shifted GEMMs (measured with `bench conv`).
-const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
+/// the nine shifted GEMMs (measured with `bench conv`). With AVX-512 both run on
+/// `vargpt_kernels::sgemm`, and the shifted GEMMs still win at 32×32 (640
+/// channels: 30 against 40 ms on a 2-vCPU Xeon), while Winograd wins from 64×64.
+fn winograd_min_pixels() -> usize {
+    if vargpt_kernels::Isa::Avx512.is_available() {
+        64 * 64
+    } else {
+        32 * 32
+    }
+}
 
 /// `x [1, C_in, H, W]` (f32) ⊛ `w [C_out, C_in, k, k]` + `b`, stride 1, "same" padding.
 pub fn conv2d_same_f32(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -41,7 +49,7 @@ pub fn conv2d_same_f32_with(x: &Tensor, w: &Tensor, b: &Tensor, algo: ConvAlgo) 
     let bv: Vec<f32> = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let winograd = kh == 3
         && match algo {
-            ConvAlgo::Auto => h * wd >= WINOGRAD_MIN_PIXELS,
+            ConvAlgo::Auto => h * wd >= winograd_min_pixels(),
             ConvAlgo::Winograd => true,
             ConvAlgo::ShiftedGemm => false,
         };
@@ -110,6 +118,9 @@ fn conv_shifted_gemm(
         gemm::Parallelism::None
     };
     let run_taps = |out: &mut [f32]| {
+        if vargpt_kernels::Isa::Avx512.is_available() {
+            return taps_sgemm(out, wv, xp, cin, cout, k, wp, plane, p);
+        }
         for dy in 0..k {
             for dx in 0..k {
                 let tap = dy * k + dx;
@@ -163,6 +174,62 @@ fn conv_shifted_gemm(
             }
         }
     }
+}
+
+/// The taps of [`conv_shifted_gemm`] with the AVX-512 [`sgemm_strided`]: the
+/// output rows (channels) are split over the threads in multiples of the
+/// micro-kernel's 12 rows, and each thread accumulates all taps into its rows.
+///
+/// [`sgemm_strided`]: vargpt_kernels::sgemm::sgemm_strided
+#[allow(clippy::too_many_arguments)]
+fn taps_sgemm(
+    out: &mut [f32],
+    wv: &[f32],
+    xp: &[f32],
+    cin: usize,
+    cout: usize,
+    k: usize,
+    wp: usize,
+    plane: usize,
+    p: usize,
+) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let rows = cout.div_ceil(threads).div_ceil(12) * 12;
+    out.par_chunks_mut(rows * p)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            let r0 = chunk * rows;
+            let m = dst.len() / p;
+            let mut a = vec![0f32; m * cin];
+            for tap in 0..k * k {
+                let (dy, dx) = (tap / k, tap % k);
+                // A = w[r0.., :, dy, dx], gathered contiguous: read in place with its
+                // column stride of k² floats, the micro-kernel's broadcasts would
+                // touch a new cache line every other step.
+                for (dst_row, w_row) in a
+                    .chunks_exact_mut(cin)
+                    .zip(wv[r0 * cin * k * k..].chunks_exact(cin * k * k))
+                {
+                    for (d, w) in dst_row.iter_mut().zip(w_row[tap..].iter().step_by(k * k)) {
+                        *d = *w;
+                    }
+                }
+                let done = vargpt_kernels::sgemm::sgemm_strided(
+                    m,
+                    p,
+                    cin,
+                    &a,
+                    (cin, 1),
+                    &xp[dy * wp + dx..],
+                    plane,
+                    dst,
+                    p,
+                    tap > 0,
+                );
+                debug_assert!(done, "taps_sgemm runs only with AVX-512");
+            }
+        });
 }
 
 /// Winograd F(2×2, 3×3) for stride-1 "same" 3×3 convolutions: each 2×2 output tile

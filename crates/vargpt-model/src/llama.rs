@@ -287,28 +287,41 @@ impl Attention {
         let v_all = self.v.forward(x)?;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
-        let fused = x.device().is_cpu() && x.dtype() == DType::F32;
-        for (bufs, offset, l) in segments.iter_mut() {
-            let (l, offset) = (*l, *offset);
-            if fused {
-                // CPU f32: RoPE, cache append and causal attention in plain loops.
-                // A dozen candle ops per sequence and layer (copies for the head
-                // layout, a materialised mask, scaled scores, softmax) cost far more
-                // than the arithmetic, for prefill chunks and decode steps alike.
-                outs.push(self.attend_cpu(
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            // CPU f32: RoPE, cache append and causal attention in plain loops.
+            // A dozen candle ops per sequence and layer (copies for the head
+            // layout, a materialised mask, scaled scores, softmax) cost far more
+            // than the arithmetic, for prefill chunks and decode steps alike.
+            let mut qs = Vec::with_capacity(segments.len());
+            for (bufs, offset, l) in segments.iter_mut() {
+                qs.push(self.rope_and_append(
                     &q_all,
                     &k_all,
                     &v_all,
                     row,
-                    l,
+                    *l,
                     &mut bufs[layer],
-                    offset,
+                    *offset,
                     cos,
                     sin,
                 )?);
-                row += l;
-                continue;
+                row += *l;
             }
+            // The sequences' attentions run in parallel: a decode step's is
+            // bound by reading that sequence's cache, one core's bandwidth each.
+            use rayon::prelude::*;
+            let outs: Vec<Vec<f32>> = segments
+                .par_iter()
+                .zip(qs.par_iter())
+                .map(|((bufs, offset, l), q)| self.attend_cached(q, *l, &bufs[layer], *offset))
+                .collect::<Result<_>>()?;
+            let width = self.heads * d;
+            let rows_total: usize = segments.iter().map(|s| s.2).sum();
+            let o = Tensor::from_vec(outs.concat(), (rows_total, width), x.device())?;
+            return self.o.forward(&o);
+        }
+        for (bufs, offset, l) in segments.iter_mut() {
+            let (l, offset) = (*l, *offset);
             let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
                 Ok(t.narrow(0, row, l)?
                     .reshape((l, n, d))?
@@ -356,13 +369,13 @@ impl Attention {
 
 impl Attention {
     /// `l` new tokens of one sequence at positions `pos ..` (CPU, f32): rotary
-    /// embedding, cache append, and softmax attention where token `i` sees cached
-    /// positions `0 ..= pos + i` (HF's causal mask; for `l = 1` that is everything).
-    /// Same arithmetic as the tensor path (f32, max-subtracted softmax); rows of one
-    /// call are independent, so a prefill chunk gives the same per-token results as
-    /// decoding the tokens one by one, up to summation order.
+    /// embedding of queries and keys, and the keys and values appended to the
+    /// cache; returns the rotated queries for [`Self::attend_cached`]. Same
+    /// arithmetic as the tensor path (f32, max-subtracted softmax); rows of one
+    /// call are independent, so a prefill chunk gives the same per-token results
+    /// as decoding the tokens one by one, up to summation order.
     #[allow(clippy::too_many_arguments)]
-    fn attend_cpu(
+    fn rope_and_append(
         &self,
         q_all: &Tensor,
         k_all: &Tensor,
@@ -373,7 +386,7 @@ impl Attention {
         pos: usize,
         cos: &Tensor,
         sin: &Tensor,
-    ) -> Result<Tensor> {
+    ) -> Result<Vec<f32>> {
         let d = self.head_dim;
         let half = d / 2;
         let rows =
@@ -412,12 +425,19 @@ impl Attention {
             &Tensor::from_vec(kt, (self.kv_heads, l, d), dev)?,
             &Tensor::from_vec(vt, (self.kv_heads, l, d), dev)?,
         )?;
+        Ok(q)
+    }
+
+    /// Attention of `l` rotated queries `q [l, heads·d]` at positions `pos ..` over
+    /// the cache `buf` (which already holds them): token `i` sees cached positions
+    /// `0 ..= pos + i`. Returns `[l, heads·d]`.
+    fn attend_cached(&self, q: &[f32], l: usize, buf: &KvBuffer, pos: usize) -> Result<Vec<f32>> {
+        let d = self.head_dim;
         let (kc, vc, cap) = buf
             .raw_f32()
             .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
-        let width = self.heads * d;
-        let out = vargpt_kernels::attn::attend(
-            &q,
+        Ok(vargpt_kernels::attn::attend(
+            q,
             l,
             self.heads,
             self.kv_heads,
@@ -427,8 +447,7 @@ impl Attention {
             cap,
             |i| pos + i + 1,
             1.0 / (d as f32).sqrt(),
-        );
-        Ok(Tensor::from_vec(out, (l, width), dev)?)
+        ))
     }
 }
 
