@@ -46,6 +46,7 @@ pub fn attend(
     let width = heads * d;
     let blocks = l.div_ceil(QUERY_BLOCK);
     let avx2 = crate::Isa::detect().has_avx2();
+    let avx512 = crate::Isa::detect() == crate::Isa::Avx512;
     let task = |scores: &mut Vec<f32>, task: usize| {
         let (h, b) = (task / blocks, task % blocks);
         let i0 = b * QUERY_BLOCK;
@@ -68,12 +69,18 @@ pub fn attend(
         let mut o = vec![0f32; n * d];
         scores.resize(n * tmax, 0.0);
         #[cfg(target_arch = "x86_64")]
+        if avx512 && d.is_multiple_of(16) {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time).
+            unsafe { block_avx512(&qs, &ts, k, v, d, scale, scores, &mut o) };
+            return o;
+        }
+        #[cfg(target_arch = "x86_64")]
         if avx2 && d.is_multiple_of(8) {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
             unsafe { block_avx2(&qs, &ts, k, v, d, scale, scores, &mut o) };
             return o;
         }
-        let _ = avx2;
+        let _ = (avx2, avx512);
         block_body(&qs, &ts, k, v, d, scale, scores, &mut o, dot8);
         o
     };
@@ -152,23 +159,13 @@ fn softmax_rows(ts: &[usize], tmax: usize, scores: &mut [f32]) {
     }
 }
 
-/// [`block_body`] with 256-bit FMA registers and the same bits (each score and
-/// each output element is accumulated in the same order with the same fused
-/// operations): scores in tiles of 4 queries × 2 keys, weighted value sums two
-/// queries at a time, outputs kept in registers.
+/// The scores of [`block_avx2`]: `scores[r·tmax + j] = (q_r · k_j) · scale` for
+/// every query row and every key of the block (beyond a query's visible keys they
+/// are computed and then ignored by the softmax).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_avx2(
-    qs: &[&[f32]],
-    ts: &[usize],
-    k: &[f32],
-    v: &[f32],
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-    o: &mut [f32],
-) {
+#[inline]
+unsafe fn scores_avx2(qs: &[&[f32]], k: &[f32], d: usize, scale: f32, scores: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = qs.len();
     let tmax = k.len() / d;
@@ -196,16 +193,71 @@ unsafe fn block_avx2(
                 }
                 x += 8;
             }
-            for u in 0..nq {
-                scores[(r + u) * tmax + j] = hsum8(a0[u]) * scale;
-                if two {
-                    scores[(r + u) * tmax + j + 1] = hsum8(a1[u]) * scale;
+            // The eight lane sums at once, each in `hsum8`'s order (so the same
+            // bits): lanes l and l+4, then (0+2) and (1+3), then those two.
+            let half = |x: __m256, y: __m256| {
+                _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(x, y),
+                    _mm256_permute2f128_ps::<0x31>(x, y),
+                )
+            };
+            let quarter = |x: __m256, y: __m256| {
+                _mm256_add_ps(
+                    _mm256_shuffle_ps::<0b01_00_01_00>(x, y),
+                    _mm256_shuffle_ps::<0b11_10_11_10>(x, y),
+                )
+            };
+            let p = quarter(half(a0[0], a0[1]), half(a0[2], a0[3])); // key j
+            let q = quarter(half(a1[0], a1[1]), half(a1[2], a1[3])); // key j + 1
+            let sums = _mm256_add_ps(
+                _mm256_shuffle_ps::<0b10_00_10_00>(p, q),
+                _mm256_shuffle_ps::<0b11_01_11_01>(p, q),
+            );
+            // Lanes: (q0,j) (q2,j) (q0,j+1) (q2,j+1) | (q1,j) (q3,j) (q1,j+1) (q3,j+1).
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+            const AT: [(usize, usize); 8] = [
+                (0, 0),
+                (2, 0),
+                (0, 1),
+                (2, 1),
+                (1, 0),
+                (3, 0),
+                (1, 1),
+                (3, 1),
+            ];
+            for (&val, &(u, dj)) in out.iter().zip(&AT) {
+                if u < nq && (dj == 0 || two) {
+                    scores[(r + u) * tmax + j + dj] = val;
                 }
             }
             r += nq;
         }
         j += if two { 2 } else { 1 };
     }
+}
+
+/// [`block_body`] with 256-bit FMA registers and the same bits (each score and
+/// each output element is accumulated in the same order with the same fused
+/// operations): scores in tiles of 4 queries × 2 keys, weighted value sums two
+/// queries at a time, outputs kept in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2(
+    qs: &[&[f32]],
+    ts: &[usize],
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let n = qs.len();
+    let tmax = k.len() / d;
+    scores_avx2(qs, k, d, scale, scores);
     softmax_rows(ts, tmax, scores);
     // o_r = Σ_j p_rj·v_j, sequential in j per element (the portable order): two
     // queries at a time share each value-row load, 32 outputs per query in
@@ -249,7 +301,99 @@ unsafe fn block_avx2(
     }
 }
 
-/// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))` of one register.
+/// [`block_avx2`]'s scores (the same code, so the same bits), with the weighted
+/// value sums in 512-bit registers: four queries × 64 outputs in 16
+/// accumulators, each value-row load feeding four queries. Every output element
+/// still adds its terms in key order with one fused multiply-add each, so the
+/// bits are those of the AVX2 and portable paths.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx512(
+    qs: &[&[f32]],
+    ts: &[usize],
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    let n = qs.len();
+    let tmax = k.len() / d;
+    scores_avx2(qs, k, d, scale, scores);
+    softmax_rows(ts, tmax, scores);
+    let mut r = 0;
+    while r < n {
+        let nq = (n - r).min(4);
+        // Rows past the block repeat its last query (computed, not stored).
+        let rr: [usize; 4] = core::array::from_fn(|u| r + u.min(nq - 1));
+        let p: [*const f32; 4] = core::array::from_fn(|u| scores.as_ptr().add(rr[u] * tmax));
+        let mut c0 = 0;
+        while c0 < d {
+            let lanes = ((d - c0) / 16).min(4);
+            let o_at: [*mut f32; 4] = core::array::from_fn(|u| o.as_mut_ptr().add(rr[u] * d + c0));
+            let vc = v.as_ptr().add(c0);
+            match lanes {
+                4 => value_sums::<4>(vc, d, &p, ts, &rr, nq, &o_at),
+                3 => value_sums::<3>(vc, d, &p, ts, &rr, nq, &o_at),
+                2 => value_sums::<2>(vc, d, &p, ts, &rr, nq, &o_at),
+                _ => value_sums::<1>(vc, d, &p, ts, &rr, nq, &o_at),
+            }
+            c0 += 16 * lanes;
+        }
+        r += nq;
+    }
+}
+
+/// `L × 16` output columns (starting at `v`'s first column) for the four query
+/// rows `rr` of [`block_avx512`]: `o_u += Σ_j p_u[j] · v_j`, in key order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn value_sums<const L: usize>(
+    v: *const f32,
+    d: usize,
+    p: &[*const f32; 4],
+    ts: &[usize],
+    rr: &[usize; 4],
+    nq: usize,
+    o: &[*mut f32; 4],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); L]; 4];
+    // Keys every query of the group sees (`ts` is non-decreasing), then each
+    // query's own remaining keys.
+    let common = ts[rr[0]];
+    for jj in 0..common {
+        let row = v.add(jj * d);
+        let w: [__m512; 4] = core::array::from_fn(|u| _mm512_set1_ps(*p[u].add(jj)));
+        for c in 0..L {
+            let vv = _mm512_loadu_ps(row.add(16 * c));
+            for u in 0..4 {
+                acc[u][c] = _mm512_fmadd_ps(w[u], vv, acc[u][c]);
+            }
+        }
+    }
+    for u in 1..nq {
+        for jj in common..ts[rr[u]] {
+            let row = v.add(jj * d);
+            let w = _mm512_set1_ps(*p[u].add(jj));
+            for c in 0..L {
+                acc[u][c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(16 * c)), acc[u][c]);
+            }
+        }
+    }
+    for u in 0..nq {
+        for c in 0..L {
+            _mm512_storeu_ps(o[u].add(16 * c), acc[u][c]);
+        }
+    }
+}
+
+/// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))` of one register (the order the
+/// score tiles reproduce eight at a time; kept for the reference dot product).
+#[cfg(test)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -384,6 +528,8 @@ mod tests {
             (128, vec![13; 8]),
             (16, vec![2, 5]),
             (72, vec![9, 9, 10]),
+            (64, vec![5, 6, 6, 7, 9, 9, 12, 30]),
+            (48, vec![1, 2, 3]),
         ] {
             let n = ts.len();
             let tmax = ts[n - 1];
@@ -404,6 +550,12 @@ mod tests {
             unsafe { block_avx2(&qs, &ts, &k, &v, d, 0.125, &mut s2, &mut o2) };
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&o1), bits(&o2), "d = {d}, ts = {ts:?}");
+            if crate::Isa::detect() == crate::Isa::Avx512 && d.is_multiple_of(16) {
+                let mut o3 = vec![0f32; n * d];
+                // SAFETY: AVX-512F, AVX2 and FMA checked.
+                unsafe { block_avx512(&qs, &ts, &k, &v, d, 0.125, &mut s2, &mut o3) };
+                assert_eq!(bits(&o1), bits(&o3), "avx512: d = {d}, ts = {ts:?}");
+            }
         }
     }
 
