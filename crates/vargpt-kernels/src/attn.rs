@@ -351,6 +351,7 @@ unsafe fn block_avx512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
+#[allow(clippy::needless_range_loop)]
 unsafe fn value_sums<const L: usize>(
     v: *const f32,
     d: usize,
