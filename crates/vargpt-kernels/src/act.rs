@@ -64,7 +64,8 @@ fn quick_gelu_lane(x: f32) -> f32 {
     x / (1.0 + exp_lane(-1.702 * x))
 }
 
-/// Applies `f` element-wise (`out[i] = f(a[i], b[i])`), AVX2-compiled when available.
+/// Applies `f` element-wise (`out[i] = f(a[i], b[i])`), compiled for AVX-512 or AVX2
+/// when available (one lane function, so every width gives the same bits).
 macro_rules! map2 {
     ($name:ident, $lane:expr) => {
         fn $name(a: &[f32], b: &[f32], out: &mut [f32]) {
@@ -76,9 +77,17 @@ macro_rules! map2 {
             }
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512(a: &[f32], b: &[f32], out: &mut [f32]) {
+                    body(a, b, out)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2(a: &[f32], b: &[f32], out: &mut [f32]) {
                     body(a, b, out)
+                }
+                if crate::Isa::detect() == crate::Isa::Avx512 {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time).
+                    return unsafe { avx512(a, b, out) };
                 }
                 if crate::Isa::detect().has_avx2() {
                     // SAFETY: the CPU has AVX2 and FMA (checked at run time).
@@ -152,9 +161,17 @@ pub fn silu_inplace_serial(x: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512(x: &mut [f32]) {
+            body(x)
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(x: &mut [f32]) {
             body(x)
+        }
+        if crate::Isa::detect() == crate::Isa::Avx512 {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time).
+            return unsafe { avx512(x) };
         }
         if crate::Isa::detect().has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
