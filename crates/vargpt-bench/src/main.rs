@@ -120,7 +120,14 @@ fn load(m: &ModelArgs) -> Result<(Engine, f64)> {
 
 /// The reference benchmark's picture: 320×240, pixel (x mod 256, y mod 256, x·y mod 256).
 fn bench_png() -> Vec<u8> {
+    bench_png_variant(0)
+}
+
+/// The benchmark picture with its colours shifted by `i` (so a batch of requests
+/// carries distinct images, as a captioning job over a dataset does).
+fn bench_png_variant(i: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(320, 240, |x, y| {
+        let (x, y) = (x + 37 * i, y + 11 * i);
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
     });
     let mut out = Vec::new();
@@ -228,11 +235,10 @@ fn argmax(v: &[f32]) -> u32 {
 
 fn batch_throughput(m: &ModelArgs, batch: usize, tokens: usize) -> Result<()> {
     let (e, _) = load(m)?;
-    let png = bench_png();
     let req = |i: usize| Request {
         task: Task::Caption,
         text: format!("Please describe the image in detail, take {i}."),
-        image: Some(png.clone()),
+        image: Some(bench_png_variant(i as u32)),
         params: SamplingParams {
             max_new_tokens: tokens,
             allow_image: false,
