@@ -201,15 +201,7 @@ mod tests {
     use super::*;
 
     fn vals(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
+        crate::tests::Rng(seed).vec(len)
     }
 
     #[test]
