@@ -136,6 +136,17 @@ fn bench_png_variant(i: u32) -> Vec<u8> {
     out
 }
 
+/// User + system CPU time of this process so far, in seconds (Linux).
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses): utime and stime
+    // are the 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// Peak resident set size of this process (VmHWM), in bytes.
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -348,11 +359,32 @@ fn conv(c: usize, side: usize, repeat: usize) -> Result<()> {
 fn components(m: &ModelArgs) -> Result<()> {
     let (e, _) = load(m)?;
     let model = e.model();
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+    // Wall time of the second run, and how many cores it kept busy on average
+    // (process CPU time / wall time: below the thread count means serial parts).
+    let busy = std::cell::RefCell::new(serde_json::Map::new());
+    let mut name_i = 0;
+    let names = [
+        "clip",
+        "llm_prefill",
+        "llm_stages",
+        "var_stages",
+        "vq_residual",
+        "vqvae_decode",
+    ];
+    let mut time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         f()?; // warm-up
+        let c = cpu_seconds();
         let t = Instant::now();
         f()?;
-        Ok(t.elapsed().as_secs_f64())
+        let wall = t.elapsed().as_secs_f64();
+        // (CPU time is counted in 10 ms ticks: too coarse for short parts.)
+        if let (Some(c0), Some(c1), true) = (c, cpu_seconds(), wall >= 0.05) {
+            let name = names.get(name_i).copied().unwrap_or("other");
+            busy.borrow_mut()
+                .insert(name.into(), json!((c1 - c0) / wall));
+        }
+        name_i += 1;
+        Ok(wall)
     };
     let pv = e.pixel_values(&bench_png())?;
     let clip_s = time(&mut || {
@@ -418,6 +450,7 @@ fn components(m: &ModelArgs) -> Result<()> {
             "llm_prefill_plus_image_stages_s": llm_stages_s, "var_all_stages_cfg_s": var_stages_s,
             "llm_per_stage_s": llm_per_stage, "var_per_stage_s": var_per_stage,
             "vq_residual_s": residual_s, "vqvae_decode_s": decode_s,
+            "cores_busy": serde_json::Value::Object(busy.borrow().clone()),
         }))?
     );
     Ok(())
