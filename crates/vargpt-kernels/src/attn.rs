@@ -88,6 +88,9 @@ pub fn attend(
     // microseconds of arithmetic, less than handing tasks to the thread pool and
     // waiting for them (measured: 0.17 ms per call, 64 calls per step of a batch
     // of 8 on the 8-layer bench model). Small problems stay on this thread.
+    if l == 0 {
+        return Vec::new();
+    }
     let work = l * visible(l - 1).max(1) * heads * d;
     let results: Vec<Vec<f32>> = if work < SERIAL_MAX_WORK {
         let mut scores = Vec::new();
@@ -558,6 +561,13 @@ mod tests {
                 assert_eq!(bits(&o1), bits(&o3), "avx512: d = {d}, ts = {ts:?}");
             }
         }
+    }
+
+    #[test]
+    fn no_queries_give_no_rows() {
+        let kv = vec![0.5f32; 2 * 4 * 8];
+        let out = attend(&[], 0, 2, 2, 8, &kv, &kv, 4, |i| i + 1, 1.0);
+        assert!(out.is_empty());
     }
 
     #[test]
