@@ -166,6 +166,42 @@ pub fn layer_norm(
     shaped_like(out, x)
 }
 
+/// `x + a · g` with `g` broadcast over the rows (`x`, `a`: `[…, width]`, `g`: `width`
+/// values), for CPU f32 tensors of one shape: the VAR's gated residual in one pass,
+/// with the two roundings (`a·g`, then `+`) of the tensor ops it replaces.
+pub fn add_gated(x: &Tensor, a: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    if !is_cpu_f32(x) || !is_cpu_f32(a) || x.shape() != a.shape() {
+        return Ok(None);
+    }
+    let width = x.dim(candle_core::D::Minus1)?;
+    let g = f32_vec(g)?;
+    if g.len() != width {
+        return Ok(None);
+    }
+    let out = with_f32(x, |xs| {
+        with_f32(a, |av| {
+            let mut out = vec![0f32; xs.len()];
+            let row = |(d, (s, t)): (&mut [f32], (&[f32], &[f32]))| {
+                for (((o, &v), &w), &gi) in d.iter_mut().zip(s).zip(t).zip(&g) {
+                    *o = v + w * gi;
+                }
+            };
+            if xs.len() >= PAR_MIN && xs.len() / width > 1 {
+                out.par_chunks_mut(width)
+                    .zip(xs.par_chunks(width).zip(av.par_chunks(width)))
+                    .for_each(row);
+            } else {
+                out.chunks_mut(width)
+                    .zip(xs.chunks(width).zip(av.chunks(width)))
+                    .for_each(row);
+            }
+            out
+        })
+    })
+    .flatten();
+    shaped_like(out, x)
+}
+
 /// LLaMA RMSNorm over the last dimension: `x / √(mean(x²) + ε) · w`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if !is_cpu_f32(x) {
@@ -295,6 +331,40 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn adaln_and_gated_residual_have_the_tensor_ops_bits() {
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for (rows, width) in [(1, 8), (3, 512), (300, 257)] {
+            let x = Tensor::randn(0f32, 1.5, (rows, width), &dev).unwrap();
+            let a = Tensor::randn(0f32, 1.0, (rows, width), &dev).unwrap();
+            let s = Tensor::randn(0f32, 0.3, (1, width), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.3, (1, width), &dev).unwrap();
+            let ln = crate::nn::LayerNorm::plain(1e-6);
+            let scale = (&s + 1.0).unwrap();
+            let fused = ln.forward_modulated(&x, &scale, &b).unwrap();
+            let ops = ln
+                .forward(&x)
+                .unwrap()
+                .broadcast_mul(&scale)
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            assert_eq!(bits(&fused), bits(&ops), "AdaLN {rows}x{width}");
+            let fused = add_gated(&x, &a, &s).unwrap().expect("cpu f32");
+            let ops = (&x + a.broadcast_mul(&s).unwrap()).unwrap();
+            assert_eq!(bits(&fused), bits(&ops), "gated residual {rows}x{width}");
+        }
     }
 
     #[test]

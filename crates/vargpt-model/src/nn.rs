@@ -188,6 +188,21 @@ impl LayerNorm {
             eps,
         }
     }
+    /// `forward(x) · scale + shift` (AdaLN; `scale`, `shift`: one value per feature).
+    /// On CPU f32 with a plain norm this is one pass: the normalisation's own
+    /// affine step does the same two roundings as the two broadcast ops.
+    pub fn forward_modulated(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        if self.weight.is_none() && self.bias.is_none() {
+            if let Some(y) = cpu_ops::layer_norm(x, Some(scale), Some(shift), self.eps)? {
+                return Ok(y);
+            }
+        }
+        Ok(self
+            .forward(x)?
+            .broadcast_mul(scale)?
+            .broadcast_add(shift)?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(y) = cpu_ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)?
         {

@@ -198,11 +198,7 @@ impl Var {
         let a = self.head_nm_ada.forward(&sc)?; // [1, 2C]
         let scale = a.narrow(D::Minus1, 0, c)?;
         let shift = a.narrow(D::Minus1, c, c)?;
-        let h = self
-            .ln
-            .forward(&x)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(&shift)?;
+        let h = self.ln.forward_modulated(&x, &(scale + 1.0)?, &shift)?;
         Ok(self.head.forward(&h)?.to_dtype(DType::F32)?)
     }
 }
@@ -245,17 +241,11 @@ impl Block {
             chunk(4)?,
             chunk(5)?,
         );
-        let y = ln
-            .forward(x)?
-            .broadcast_mul(&(s1 + 1.0)?)?
-            .broadcast_add(&b1)?;
-        let x = (x + self.attention(&y, block, segments)?.broadcast_mul(&g1)?)?;
-        let y = ln
-            .forward(&x)?
-            .broadcast_mul(&(s2 + 1.0)?)?
-            .broadcast_add(&b2)?;
+        let y = ln.forward_modulated(x, &(s1 + 1.0)?, &b1)?;
+        let x = gated_residual(x, &self.attention(&y, block, segments)?, &g1)?;
+        let y = ln.forward_modulated(&x, &(s2 + 1.0)?, &b2)?;
         let f = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&y)?)?)?;
-        Ok((x + f.broadcast_mul(&g2)?)?)
+        gated_residual(&x, &f, &g2)
     }
 
     fn attention(&self, y: &Tensor, block: usize, segments: &mut [RankSegment]) -> Result<Tensor> {
@@ -343,6 +333,15 @@ impl Block {
         let out = vargpt_kernels::attn::attend(&q, l, h, h, d, kc, vc, cap, |_| total, 1.0);
         Ok(Tensor::from_vec(out, (l, c), dev)?)
     }
+}
+
+/// `x + a · g` (`g` broadcast over the rows): one pass on CPU f32, the tensor ops
+/// elsewhere; the same two roundings either way.
+fn gated_residual(x: &Tensor, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::cpu_ops::add_gated(x, a, g)? {
+        return Ok(y);
+    }
+    Ok((x + a.broadcast_mul(g)?)?)
 }
 
 /// `x / max(‖x‖₂, 1e-12)` over the last dimension (F.normalize).
