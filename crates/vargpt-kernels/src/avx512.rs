@@ -15,14 +15,10 @@
 
 use core::arch::x86_64::*;
 
+// The AVX2 tiles' prefetch distance, and their L2 budget for the activations
+// that every weight row block of a chunk sweeps over (here: packed pairs).
+use crate::x86::{PF_ELEMS, X_BLOCK_BYTES};
 use crate::{Weight, WeightKind};
-
-/// Same prefetch distance as the AVX2 tiles (see `x86::PF_ELEMS`).
-const PF_ELEMS: usize = 128;
-
-/// Packed activation bytes per block of token pairs, kept in L2 while every
-/// weight row block of a chunk sweeps over it (only matters for large m).
-const X_BLOCK_BYTES: usize = 512 << 10;
 
 /// 8-wide chunks per token: `⌈k / 8⌉` (the last one zero-padded).
 pub(crate) fn chunks(k: usize) -> usize {

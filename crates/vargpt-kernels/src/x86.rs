@@ -16,12 +16,12 @@ use crate::{Weight, WeightKind};
 /// 14.5 → 15.5 GB/s. The hardware prefetchers alone leave too few misses in
 /// flight, most of all for the 2-byte types whose inner loop spends more
 /// instructions per byte.
-const PF_ELEMS: usize = 128;
+pub(crate) const PF_ELEMS: usize = 128;
 
 /// Activation bytes per token block (see `rows`). Prefill m = 267 on the
 /// dev VM (2 MiB L2): k = 2816 goes from 106–124 to 193–201 GFLOP/s with
 /// 512 KiB blocks (1 MiB: 193–198, 256 KiB: 196–200); k = 1024 unchanged.
-const X_BLOCK_BYTES: usize = 512 << 10;
+pub(crate) const X_BLOCK_BYTES: usize = 512 << 10;
 
 // Under debug assertions, `core::arch` loads such as `_mm256_loadu_ps` carry
 // UB checks (and spill) in the inner loop, and a plain `*ptr` dereference gets

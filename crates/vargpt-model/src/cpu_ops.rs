@@ -43,17 +43,24 @@ fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-/// Applies `row_fn(src, dst)` to every `width`-long row, in parallel when large.
-fn map_rows(x: &[f32], width: usize, row_fn: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+/// Applies `row_fn(row_index, src, dst)` to every `width`-long row, in parallel
+/// when large.
+fn map_rows(
+    x: &[f32],
+    width: usize,
+    row_fn: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     if x.len() >= PAR_MIN && x.len() / width > 1 {
         out.par_chunks_mut(width)
             .zip(x.par_chunks(width))
-            .for_each(|(d, s)| row_fn(s, d));
+            .enumerate()
+            .for_each(|(r, (d, s))| row_fn(r, s, d));
     } else {
         out.chunks_mut(width)
             .zip(x.chunks(width))
-            .for_each(|(d, s)| row_fn(s, d));
+            .enumerate()
+            .for_each(|(r, (d, s))| row_fn(r, s, d));
     }
     out
 }
@@ -80,8 +87,7 @@ fn blocked_sum(s: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
             }
         }
         for a in &acc {
-            let tail: f32 = [0f32; 0].iter().map(|&v| f(v)).sum();
-            total += a.iter().map(|&x| x as f64).sum::<f64>() + tail as f64;
+            total += block_total(a, &[], f); // full blocks have no tail
         }
     }
     for block in quads.remainder().chunks(B) {
@@ -92,10 +98,17 @@ fn blocked_sum(s: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
                 acc[l] += f(c[l]);
             }
         }
-        let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
-        total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
+        total += block_total(&acc, it.remainder(), f);
     }
     total
+}
+
+/// One block's contribution to [`blocked_sum`]: its eight lanes in f64, plus
+/// the f32 sum of its `< 8` trailing values.
+#[inline(always)]
+fn block_total(lanes: &[f32; 8], tail: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let tail: f32 = tail.iter().map(|&v| f(v)).sum();
+    lanes.iter().map(|&a| a as f64).sum::<f64>() + tail as f64
 }
 
 #[inline(always)]
@@ -148,7 +161,7 @@ pub fn layer_norm(
     let w = weight.map(f32_vec).transpose()?;
     let b = bias.map(f32_vec).transpose()?;
     let out = with_f32(x, |xs| {
-        map_rows(xs, width, |s, d| {
+        map_rows(xs, width, |_, s, d| {
             let (mean, var) = mean_var(s);
             let den = (var + eps as f32).sqrt();
             for (i, (o, &v)) in d.iter_mut().zip(s).enumerate() {
@@ -180,22 +193,12 @@ pub fn add_gated(x: &Tensor, a: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
     }
     let out = with_f32(x, |xs| {
         with_f32(a, |av| {
-            let mut out = vec![0f32; xs.len()];
-            let row = |(d, (s, t)): (&mut [f32], (&[f32], &[f32]))| {
+            map_rows(xs, width, |r, s, d| {
+                let t = &av[r * width..(r + 1) * width];
                 for (((o, &v), &w), &gi) in d.iter_mut().zip(s).zip(t).zip(&g) {
                     *o = v + w * gi;
                 }
-            };
-            if xs.len() >= PAR_MIN && xs.len() / width > 1 {
-                out.par_chunks_mut(width)
-                    .zip(xs.par_chunks(width).zip(av.par_chunks(width)))
-                    .for_each(row);
-            } else {
-                out.chunks_mut(width)
-                    .zip(xs.chunks(width).zip(av.chunks(width)))
-                    .for_each(row);
-            }
-            out
+            })
         })
     })
     .flatten();
@@ -210,7 +213,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
     let width = x.dim(candle_core::D::Minus1)?;
     let w = f32_vec(weight)?;
     let out = with_f32(x, |xs| {
-        map_rows(xs, width, |s, d| {
+        map_rows(xs, width, |_, s, d| {
             let ms =
                 (s.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / s.len() as f64) as f32;
             let den = (ms + eps as f32).sqrt();
