@@ -81,8 +81,8 @@ fn main() -> candle_core::Result<()> {
         "# vargpt-kernels vs candle-core 0.11 CPU matmul (x.matmul(&w.t())), threads {}",
         k::default_threads()
     );
-    println!("| case | candle ms | ours ms | speed-up |");
-    println!("|---|---|---|---|");
+    println!("| case | candle ms | ours ms | speed-up | sgemm_nt ms | speed-up |");
+    println!("|---|---|---|---|---|---|");
 
     let default_cases = [
         (
@@ -163,10 +163,26 @@ fn main() -> candle_core::Result<()> {
                     }),
                 ),
             ];
+            // The outer-product GEMM for large m (f32, AVX2): timed in the same rounds.
+            let nt = dt == DType::F32 && k::Isa::Avx2.is_available();
+            if nt {
+                v.push((
+                    "sgemm_nt".into(),
+                    Box::new(|i| {
+                        let o: &mut [f32] = &mut out_ref.borrow_mut();
+                        k::sgemm::sgemm_nt(&o32[i % copies], &x, o, m);
+                    }),
+                ));
+            }
             let calls = if dt == DType::BF16 { 1 } else { 4 };
             let r = bench(rounds, calls, &mut v);
+            let nt_cols = if nt {
+                format!("{:.3} | {:.2}x", r[2] * 1e3, r[0] / r[2])
+            } else {
+                "- | -".into()
+            };
             println!(
-                "| m={m} {n}x{kk} {dt:?} weights{} | {:.3} | {:.3} | {:.2}x |",
+                "| m={m} {n}x{kk} {dt:?} weights{} | {:.3} | {:.3} | {:.2}x | {nt_cols} |",
                 if cold { " (cold)" } else { "" },
                 r[0] * 1e3,
                 r[1] * 1e3,

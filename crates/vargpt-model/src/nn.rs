@@ -36,9 +36,9 @@ impl Linear {
         let in_f = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = match small_m_cpu(&x2, &self.weight)? {
+        let mut y = match linear_cpu(&x2, &self.weight)? {
             Some(y) => y,
-            // Larger batches (prefill): candle's GEMM, on f32 weights.
+            // Elsewhere (GPU, or no AVX2 on a CPU): candle's matmul.
             None if self.weight.dtype() != x2.dtype() => {
                 x2.matmul(&self.weight.to_dtype(x2.dtype())?.t()?)?
             }
@@ -89,21 +89,24 @@ impl Linear {
     }
 }
 
-/// Small-batch products on CPU (≤ `small_m_limit()` rows of f32 activations, or any
-/// number of rows with half-precision weights) go through the kernels of
-/// `vargpt-kernels`: every weight row is streamed once
-/// for all rows, f16/bf16 weights are widened in registers, and a row's result does
-/// not depend on how many other rows share the call (batch invariance).
-fn small_m_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+/// Products on CPU with f32 activations go through the kernels of `vargpt-kernels`.
+/// Small batches (≤ `small_m_limit()` rows, or any number of rows with
+/// half-precision weights): every weight row is streamed once for all rows, f16/bf16
+/// weights are widened in registers, and a row's result does not depend on how many
+/// other rows share the call (batch invariance). Larger batches of f32 (prefill,
+/// the image stages with CFG) on AVX2 CPUs: the k-blocked outer-product GEMM
+/// `sgemm_nt`, faster there than candle's `gemm` crate.
+fn linear_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     use candle_core::{CpuStorage, Storage};
     let (m, k) = x.dims2()?;
     // f16/bf16 weights take this path at any m: the kernel widens them in registers,
     // where the GEMM path would first convert the whole matrix to f32 on every call.
     let half = w.dtype() != DType::F32;
+    let large = m > vargpt_kernels::small_m_limit() && !half;
     if !x.device().is_cpu()
         || x.dtype() != DType::F32
         || m == 0
-        || (m > vargpt_kernels::small_m_limit() && !half)
+        || (large && !vargpt_kernels::Isa::Avx2.is_available())
     {
         return Ok(None);
     }
@@ -121,6 +124,11 @@ fn small_m_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let xv = &xv[x0..x1];
     let mut out = vec![0f32; m * n];
     match wv {
+        CpuStorage::F32(v) if large => {
+            if !vargpt_kernels::sgemm::sgemm_nt(&v[w0..w1], xv, &mut out, m) {
+                return Ok(None);
+            }
+        }
         CpuStorage::F32(v) => vargpt_kernels::gemm_small_m_f32(&v[w0..w1], xv, &mut out, m),
         CpuStorage::F16(v) => vargpt_kernels::gemm_small_m_f16(&v[w0..w1], xv, &mut out, m),
         CpuStorage::BF16(v) => vargpt_kernels::gemm_small_m_bf16(&v[w0..w1], xv, &mut out, m),
@@ -290,4 +298,45 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
     Ok(candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Every `Linear` path on CPU (small-m tiles, the large-m GEMM, candle's
+    /// matmul where neither runs) against an f64 sum, across the m = 128 split.
+    #[test]
+    fn linear_matches_f64_at_every_batch_size() -> Result<()> {
+        let (n, k) = (70, 300);
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let w: Vec<f32> = (0..n * k).map(val).collect();
+        let b: Vec<f32> = (0..n).map(|i| val(i * 31)).collect();
+        let lin = Linear::new(
+            Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?,
+            Some(Tensor::from_vec(b.clone(), n, &Device::Cpu)?),
+        );
+        for m in [1, 8, 128, 129, 300] {
+            let x: Vec<f32> = (0..m * k).map(|i| val(i + 17)).collect();
+            let y = lin
+                .forward(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?)?
+                .to_vec2::<f32>()?;
+            for (i, row) in y.iter().enumerate() {
+                for (j, got) in row.iter().enumerate() {
+                    let (mut s, mut mag) = (b[j] as f64, b[j].abs() as f64);
+                    for p in 0..k {
+                        let t = x[i * k + p] as f64 * w[j * k + p] as f64;
+                        s += t;
+                        mag += t.abs();
+                    }
+                    assert!(
+                        (*got as f64 - s).abs() <= 1e-6 * mag,
+                        "m={m} ({i},{j}): {got} vs {s}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
