@@ -95,8 +95,9 @@ mod x86;
 pub const PAR_MIN_BYTES: usize = 1024 * 1024;
 
 /// The largest `m` for which [`gemm_small_m`] is the intended kernel. Larger
-/// `m` still works (and is correct) but a packed, cache-blocked GEMM such as
-/// the `gemm` crate used by candle is as fast or faster for prefill-sized `m`.
+/// `m` still works (and is correct) but a packed, cache-blocked GEMM
+/// ([`sgemm::sgemm_nt`] on AVX2, which `vargpt-model`'s `Linear` uses past
+/// this size) is faster for prefill-sized `m`.
 /// Measured with `examples/vs-candle --shape` on a 2-core AMD EPYC (Zen 4), f32:
 /// ours is 1.4–2.6× faster at m = 32, 1.0–1.6× at m = 72–100 (the LLaMA and
 /// VAR shapes of the image stages), level at m ≈ 169 and 5–13% slower at 256.
