@@ -164,7 +164,7 @@ pub fn sgemm_nt(w: &[f32], x: &[f32], out: &mut [f32], m: usize) -> bool {
 /// rows `k` floats apart (a power of two for every model width) share a few L1/L2
 /// sets and the pass's rows do not stay in L2.
 fn pack_slivers(x: &[f32], m: usize, k: usize) -> Vec<f32> {
-    let m_pad = m.div_ceil(MR2) * MR2;
+    let m_pad = sliver_rows(m);
     let mut xs = vec![0f32; m_pad * k];
     let mut kb = 0;
     while kb < k {
@@ -179,6 +179,11 @@ fn pack_slivers(x: &[f32], m: usize, k: usize) -> Vec<f32> {
         kb += kc;
     }
     xs
+}
+
+/// Rows of [`pack_slivers`]'s layout: `m` rounded up to whole slivers.
+fn sliver_rows(m: usize) -> usize {
+    m.div_ceil(MR2) * MR2
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -356,20 +361,18 @@ mod x86 {
         let mut panel = vec![0f32; super::KC * NR2 + 16];
         let off = panel.as_ptr().align_offset(64).min(16);
         let bp = panel.as_mut_ptr().add(off);
+        let (m_pad, s) = (super::sliver_rows(m), (1, MR2));
         let mut kb = 0;
         while kb < k {
-            let kc = (k - kb).min(super::KC);
+            let (kc, acc) = ((k - kb).min(super::KC), kb > 0);
             let mut j = 0;
             while j < cols {
                 let nv = (cols - j).min(NR2);
                 pack_transposed(w.add(j * k + kb), k, kc, nv, bp);
-                let acc = kb > 0;
-                let m_pad = m.div_ceil(MR2) * MR2;
                 let mut i = 0;
                 while i < m {
                     let rows = (m - i).min(MR2);
                     let (ai, ci) = (x.add(kb * m_pad + i * kc), c.add(i * ldc + j));
-                    let s = (1, MR2);
                     match rows {
                         6 => tile_avx2::<6>(kc, ai, s, bp, ci, ldc, nv, acc),
                         5 => tile_avx2::<5>(kc, ai, s, bp, ci, ldc, nv, acc),
