@@ -100,9 +100,10 @@ def read_worker_metrics(path: Path) -> dict:
 WORKER_CRATE = "crates/vargpt-worker"
 DISPATCHER_CRATE = "crates/vargpt-dispatcher"
 # Read outside the worker's clap arguments: tracing's filter, the hf-hub cache
-# and token, the engine's offline switch and cache, the kernels' thread count.
+# and token, the engine's offline switch and cache, the kernels' thread count
+# and instruction-set cap.
 # AWS_* is the AWS SDK's environment chain (credentials, profile, endpoint...).
-WORKER_LIBRARY_ENV = {"RUST_LOG", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "VARGPT_THREADS"}
+WORKER_LIBRARY_ENV = {"RUST_LOG", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "VARGPT_THREADS", "VARGPT_ISA"}
 DISPATCHER_LIBRARY_ENV = {"RUST_LOG"}
 LIBRARY_ENV_PREFIXES = ("AWS_",)
 

@@ -225,11 +225,31 @@ impl Isa {
     }
 }
 
+/// The highest instruction set `VARGPT_ISA` allows (`scalar`, `avx2` or
+/// `avx512`; unset or anything else: no cap), read once. A cap only lowers what
+/// is used, never claims what the CPU lacks: it exists to run (and benchmark)
+/// the AVX2 paths on an AVX-512 machine, or to avoid AVX-512 where it clocks
+/// the cores down.
+fn isa_cap() -> Isa {
+    static CAP: OnceLock<Isa> = OnceLock::new();
+    *CAP.get_or_init(|| parse_isa_cap(&std::env::var("VARGPT_ISA").unwrap_or_default()))
+}
+
+/// `VARGPT_ISA`'s value as a cap (case and surrounding blanks ignored).
+fn parse_isa_cap(value: &str) -> Isa {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "scalar" => Isa::Scalar,
+        "avx2" => Isa::Avx2,
+        _ => Isa::Avx512,
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx2_available() -> bool {
     static AVX2: OnceLock<bool> = OnceLock::new();
     *AVX2.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
+        isa_cap() != Isa::Scalar
+            && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     })
@@ -243,7 +263,7 @@ fn avx2_available() -> bool {
 #[cfg(target_arch = "x86_64")]
 fn avx512_available() -> bool {
     static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    *AVX512.get_or_init(|| isa_cap() == Isa::Avx512 && is_x86_feature_detected!("avx512f"))
 }
 
 #[cfg(not(target_arch = "x86_64"))]

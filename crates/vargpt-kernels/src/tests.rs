@@ -414,3 +414,27 @@ fn avx512_has_the_avx2_bits() {
         );
     }
 }
+
+#[test]
+fn isa_cap_parses_and_only_lowers() {
+    assert_eq!(parse_isa_cap("avx2"), Isa::Avx2);
+    assert_eq!(parse_isa_cap(" AVX2\n"), Isa::Avx2);
+    assert_eq!(parse_isa_cap("scalar"), Isa::Scalar);
+    assert_eq!(parse_isa_cap(""), Isa::Avx512);
+    assert_eq!(parse_isa_cap("sse9"), Isa::Avx512);
+    // Whatever the cap of this process, nothing above it (or above the CPU)
+    // is reported available, and the detected set is the best available one.
+    let cap = isa_cap();
+    let rank = |i: Isa| {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .iter()
+            .position(|&j| j == i)
+    };
+    for isa in Isa::available() {
+        assert!(
+            rank(isa) <= rank(cap),
+            "{isa:?} available above the cap {cap:?}"
+        );
+    }
+    assert_eq!(Some(&Isa::detect()), Isa::available().last());
+}
