@@ -496,6 +496,7 @@ impl Engine {
             return Ok(());
         }
         let mut parts = Vec::new();
+        let mut lens = Vec::new(); // one sequence per CFG branch
         for &i in &img {
             let s = &mut *seqs[i];
             let h = hidden.narrow(0, offsets[i], rows[i])?;
@@ -507,11 +508,13 @@ impl Engine {
             // Drawn at every stage (also when unused) so a seed gives the same stream.
             let n = s.noise.normal(k, rows[i] * hd, &mut s.rng);
             parts.push(h);
+            lens.push(rows[i]);
             if s.image_sampling.cfg_scale != 0.0 {
                 parts.push(Tensor::from_vec(n, (rows[i], hd), m.device())?.to_dtype(dt)?);
+                lens.push(rows[i]);
             }
         }
-        let x = m.gen_out.forward(&Tensor::cat(&parts, 0)?)?;
+        let x = m.gen_out.forward_seqs(&Tensor::cat(&parts, 0)?, &lens)?;
         let cls = m.var.class_embedding(m.config.gen_class_index())?;
         let logits = {
             let mut segments: Vec<(&mut vargpt_model::VarCache, usize)> = Vec::new();

@@ -173,3 +173,79 @@ fn continuous_batching_admits_between_steps_and_matches() {
     let max = biggest.load(Ordering::SeqCst);
     assert!(max > 1 && max <= 4, "batch sizes seen: up to {max}");
 }
+
+/// Bit-for-bit, below the tokens: a sequence's hidden states and VAR logits are
+/// the same alone and in a ragged batch whose other sequences are long (a
+/// prefill past the small-m limit of AVX2 CPUs) or short (decode rows, small
+/// stages). Run with `VARGPT_ISA=avx2` on AVX-512 machines (`scripts/test-all`
+/// does) to cover the CPUs where those lengths take different kernels.
+#[test]
+fn ragged_forward_is_bitwise_the_forward_alone() {
+    use candle_core::{Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    make_checkpoint(dir.path(), &CheckpointSpec::small()).unwrap();
+    let e = Engine::load(&LoadOptions::new(dir.path().to_str().unwrap())).unwrap();
+    let m = e.model();
+    let long = vargpt_kernels::SMALL_M_MAX + 9;
+    let lens = [3, long, 1, long + 2];
+    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
+    let hd = m.config.llm_hidden();
+    let xs: Vec<Tensor> = lens
+        .iter()
+        .map(|&l| Tensor::randn(0f32, 1.0, (l, hd), &Device::Cpu).unwrap())
+        .collect();
+    let alone: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            bits(
+                &m.llm
+                    .forward(&x.unsqueeze(0).unwrap(), &mut m.llm.new_cache())
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut caches: Vec<_> = lens.iter().map(|_| m.llm.new_cache()).collect();
+    let mut segments: Vec<_> = caches.iter_mut().zip(lens).collect();
+    let together = bits(
+        &m.llm
+            .forward_ragged(&Tensor::cat(&xs, 0).unwrap(), &mut segments)
+            .unwrap(),
+    );
+    let mut at = 0;
+    for (i, a) in alone.iter().enumerate() {
+        assert_eq!(a[..], together[at..at + a.len()], "LLaMA sequence {i}");
+        at += a.len();
+    }
+
+    let c = m.var.config().width();
+    let cls = m.var.class_embedding(0).unwrap();
+    let xs: Vec<Tensor> = lens
+        .iter()
+        .map(|&l| Tensor::randn(0f32, 1.0, (l, c), &Device::Cpu).unwrap())
+        .collect();
+    let alone: Vec<Vec<f32>> = xs
+        .iter()
+        .zip(lens)
+        .map(|(x, l)| {
+            let mut cache = m.var.new_cache();
+            bits(
+                &m.var
+                    .forward_ragged(x, &cls, &mut [(&mut cache, l)])
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut caches: Vec<_> = lens.iter().map(|_| m.var.new_cache()).collect();
+    let mut segments: Vec<_> = caches.iter_mut().zip(lens).collect();
+    let together = bits(
+        &m.var
+            .forward_ragged(&Tensor::cat(&xs, 0).unwrap(), &cls, &mut segments)
+            .unwrap(),
+    );
+    let mut at = 0;
+    for (i, a) in alone.iter().enumerate() {
+        assert_eq!(a[..], together[at..at + a.len()], "VAR sequence {i}");
+        at += a.len();
+    }
+}

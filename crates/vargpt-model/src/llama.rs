@@ -231,15 +231,23 @@ impl Llama {
         self.norm.forward(&h.to_device(self.embed.device())?)
     }
 
-    /// Hidden states → vocabulary logits (f32).
+    /// Hidden states → vocabulary logits (f32). Every row is taken as its own
+    /// sequence (the engine asks for one last row per sequence), so a row's
+    /// logits do not depend on how many others share the call.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+        let rows = hidden.elem_count() / hidden.dim(candle_core::D::Minus1)?.max(1);
+        let singles = vec![1; rows];
+        Ok(self
+            .lm_head
+            .forward_seqs(hidden, &singles)?
+            .to_dtype(DType::F32)?)
     }
 }
 
 impl RankLayers {
     fn forward(&self, x: &Tensor, segments: &mut [RankSegment]) -> Result<Tensor> {
         let mut h = x.to_device(&self.device)?;
+        let lens: Vec<usize> = segments.iter().map(|s| s.2).collect();
         for (li, layer) in self.layers.iter().enumerate() {
             let a =
                 layer
@@ -248,8 +256,11 @@ impl RankLayers {
             h = (h + a)?;
             let n = layer.ln2.forward(&h)?;
             let m = &layer.mlp;
-            let g = silu_mul(&m.gate.forward(&n)?, &m.up.forward(&n)?)?;
-            h = (h + m.down.forward(&g)?)?;
+            let g = silu_mul(
+                &m.gate.forward_seqs(&n, &lens)?,
+                &m.up.forward_seqs(&n, &lens)?,
+            )?;
+            h = (h + m.down.forward_seqs(&g, &lens)?)?;
         }
         Ok(h)
     }
@@ -282,9 +293,10 @@ impl Attention {
         sin: &Tensor,
     ) -> Result<Tensor> {
         let d = self.head_dim;
-        let q_all = self.q.forward(x)?;
-        let k_all = self.k.forward(x)?;
-        let v_all = self.v.forward(x)?;
+        let lens: Vec<usize> = segments.iter().map(|s| s.2).collect();
+        let q_all = self.q.forward_seqs(x, &lens)?;
+        let k_all = self.k.forward_seqs(x, &lens)?;
+        let v_all = self.v.forward_seqs(x, &lens)?;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -318,7 +330,7 @@ impl Attention {
             let width = self.heads * d;
             let rows_total: usize = segments.iter().map(|s| s.2).sum();
             let o = Tensor::from_vec(outs.concat(), (rows_total, width), x.device())?;
-            return self.o.forward(&o);
+            return self.o.forward_seqs(&o, &lens);
         }
         for (bufs, offset, l) in segments.iter_mut() {
             let (l, offset) = (*l, *offset);
@@ -363,7 +375,7 @@ impl Attention {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.o.forward(&o)
+        self.o.forward_seqs(&o, &lens)
     }
 }
 

@@ -31,12 +31,22 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.weight.dim(0).unwrap_or(0)
     }
+    /// All rows of `x` as one sequence (see [`Linear::forward_seqs`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_seqs(x, &[])
+    }
+
+    /// `x`'s rows as the sequences of a ragged batch, `seqs` their lengths in
+    /// order (empty: one sequence). On CPU each sequence's rows go through the
+    /// kernel its own length picks, never the batch's total, so a sequence gets
+    /// the same bits alone or batched with any others (both kernels compute a
+    /// row independently of the other rows in the call).
+    pub fn forward_seqs(&self, x: &Tensor, seqs: &[usize]) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = match linear_cpu(&x2, &self.weight)? {
+        let mut y = match linear_cpu(&x2, &self.weight, seqs)? {
             Some(y) => y,
             // Elsewhere (GPU, or no AVX2 on a CPU): candle's matmul.
             None if self.weight.dtype() != x2.dtype() => {
@@ -90,23 +100,32 @@ impl Linear {
 }
 
 /// Products on CPU with f32 activations go through the kernels of `vargpt-kernels`.
-/// Small batches (≤ `small_m_limit()` rows, or any number of rows with
-/// half-precision weights): every weight row is streamed once for all rows, f16/bf16
-/// weights are widened in registers, and a row's result does not depend on how many
-/// other rows share the call (batch invariance). Larger batches of f32 (prefill,
-/// the image stages with CFG) on AVX2 CPUs: the k-blocked outer-product GEMM
-/// `sgemm_nt`, faster there than candle's `gemm` crate.
-fn linear_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+/// Short sequences (≤ `small_m_limit()` rows, or any length with half-precision
+/// weights): the small-m kernel streams every weight row once for all rows and
+/// widens f16/bf16 weights in registers. Longer sequences of f32 (prefill, the
+/// larger image stages) on AVX2 CPUs: the k-blocked outer-product GEMM `sgemm_nt`,
+/// faster there than candle's `gemm` crate. Both compute each row independently
+/// of the other rows in the call, and the choice is made per sequence (`seqs`,
+/// see [`Linear::forward_seqs`]), so batching never changes a sequence's bits.
+fn linear_cpu(x: &Tensor, w: &Tensor, seqs: &[usize]) -> Result<Option<Tensor>> {
     use candle_core::{CpuStorage, Storage};
     let (m, k) = x.dims2()?;
-    // f16/bf16 weights take this path at any m: the kernel widens them in registers,
-    // where the GEMM path would first convert the whole matrix to f32 on every call.
+    // f16/bf16 weights take the small-m kernel at any m: it widens them in
+    // registers, where a GEMM would first convert the whole matrix on every call.
     let half = w.dtype() != DType::F32;
-    let large = m > vargpt_kernels::small_m_limit() && !half;
+    let limit = vargpt_kernels::small_m_limit();
+    let one = [m];
+    let seqs = if seqs.is_empty() { &one[..] } else { seqs };
+    if seqs.iter().sum::<usize>() != m {
+        return Err(crate::error::ModelError::Input(format!(
+            "ragged rows: sequences of {seqs:?} for {m} rows"
+        )));
+    }
+    let any_long = !half && seqs.iter().any(|&l| l > limit);
     if !x.device().is_cpu()
         || x.dtype() != DType::F32
         || m == 0
-        || (large && !vargpt_kernels::Isa::Avx2.is_available())
+        || (any_long && !vargpt_kernels::Isa::Avx2.is_available())
     {
         return Ok(None);
     }
@@ -123,15 +142,32 @@ fn linear_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     };
     let xv = &xv[x0..x1];
     let mut out = vec![0f32; m * n];
-    match wv {
-        CpuStorage::F32(v) if large => {
-            let done = vargpt_kernels::sgemm::sgemm_nt(&v[w0..w1], xv, &mut out, m);
-            debug_assert!(done, "AVX2 was checked above");
+    // Runs of consecutive sequences on the same kernel, each one call.
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new(); // (first row, rows, long)
+    let mut row = 0;
+    for &l in seqs {
+        let long = !half && l > limit;
+        match runs.last_mut() {
+            Some((_, rows, was_long)) if *was_long == long => *rows += l,
+            _ => runs.push((row, l, long)),
         }
-        CpuStorage::F32(v) => vargpt_kernels::gemm_small_m_f32(&v[w0..w1], xv, &mut out, m),
-        CpuStorage::F16(v) => vargpt_kernels::gemm_small_m_f16(&v[w0..w1], xv, &mut out, m),
-        CpuStorage::BF16(v) => vargpt_kernels::gemm_small_m_bf16(&v[w0..w1], xv, &mut out, m),
-        _ => return Ok(None),
+        row += l;
+    }
+    for (r0, rows, long) in runs {
+        let (x, out) = (
+            &xv[r0 * k..(r0 + rows) * k],
+            &mut out[r0 * n..(r0 + rows) * n],
+        );
+        match wv {
+            CpuStorage::F32(v) if long => {
+                let done = vargpt_kernels::sgemm::sgemm_nt(&v[w0..w1], x, out, rows);
+                debug_assert!(done, "AVX2 was checked above");
+            }
+            CpuStorage::F32(v) => vargpt_kernels::gemm_small_m_f32(&v[w0..w1], x, out, rows),
+            CpuStorage::F16(v) => vargpt_kernels::gemm_small_m_f16(&v[w0..w1], x, out, rows),
+            CpuStorage::BF16(v) => vargpt_kernels::gemm_small_m_bf16(&v[w0..w1], x, out, rows),
+            _ => return Ok(None),
+        }
     }
     debug_assert_eq!(w1 - w0, n * k);
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
@@ -162,8 +198,13 @@ impl RowParallel {
             shard: shard.clone(),
         })
     }
+    /// All rows of `x` as one sequence.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.shard.all_reduce(&self.inner.forward(x)?)?;
+        self.forward_seqs(x, &[])
+    }
+    /// `x`'s rows as sequences of the given lengths ([`Linear::forward_seqs`]).
+    pub fn forward_seqs(&self, x: &Tensor, seqs: &[usize]) -> Result<Tensor> {
+        let y = self.shard.all_reduce(&self.inner.forward_seqs(x, seqs)?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -338,4 +379,42 @@ mod tests {
         }
         Ok(())
     }
+
+    /// A sequence's rows get the same bits alone and in any ragged batch: short
+    /// sequences (decode rows, small stages) beside long ones (prefill) whose
+    /// length crosses the small-m limit, and short ones adding up past it. On
+    /// AVX2 CPUs (or with `VARGPT_ISA=avx2`) the two lengths take different
+    /// kernels, which is what this guards.
+    #[test]
+    fn ragged_rows_get_the_same_bits_as_alone() -> Result<()> {
+        let (n, k) = (48, 96);
+        let dev = Device::Cpu;
+        let lin = Linear::new(Tensor::randn(0f32, 1.0, (n, k), &dev)?, None);
+        for seqs in [
+            vec![1, LONG + 5, 3],
+            vec![LONG + 5, 1, 1, LONG + 1],
+            vec![7; 2 * LONG / 7 + 3],
+        ] {
+            let m: usize = seqs.iter().sum();
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let together = lin.forward_seqs(&x, &seqs)?.to_vec2::<f32>()?;
+            let mut row = 0;
+            for &l in &seqs {
+                let alone = lin.forward(&x.narrow(0, row, l)?)?.to_vec2::<f32>()?;
+                assert_eq!(
+                    alone,
+                    together[row..row + l],
+                    "{seqs:?}: sequence at row {row}"
+                );
+                row += l;
+            }
+        }
+        assert!(lin
+            .forward_seqs(&Tensor::zeros((4, k), DType::F32, &dev)?, &[1, 2])
+            .is_err());
+        Ok(())
+    }
+
+    /// Longer than the small-m limit of AVX2 CPUs.
+    const LONG: usize = vargpt_kernels::SMALL_M_MAX + 1;
 }

@@ -28,6 +28,11 @@ impl Mlp2 {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.second.forward(&gelu_erf(&self.first.forward(x)?)?)
+        self.forward_seqs(x, &[])
+    }
+    /// `x`'s rows as sequences of the given lengths ([`Linear::forward_seqs`]).
+    pub fn forward_seqs(&self, x: &Tensor, seqs: &[usize]) -> Result<Tensor> {
+        let h = gelu_erf(&self.first.forward_seqs(x, seqs)?)?;
+        self.second.forward_seqs(&h, seqs)
     }
 }

@@ -199,7 +199,8 @@ impl Var {
         let scale = a.narrow(D::Minus1, 0, c)?;
         let shift = a.narrow(D::Minus1, c, c)?;
         let h = self.ln.forward_modulated(&x, &(scale + 1.0)?, &shift)?;
-        Ok(self.head.forward(&h)?.to_dtype(DType::F32)?)
+        let lens: Vec<usize> = segments.iter().map(|(_, l)| *l).collect();
+        Ok(self.head.forward_seqs(&h, &lens)?.to_dtype(DType::F32)?)
     }
 }
 
@@ -241,16 +242,24 @@ impl Block {
             chunk(4)?,
             chunk(5)?,
         );
+        let lens: Vec<usize> = segments.iter().map(|(_, l)| *l).collect();
         let y = ln.forward_modulated(x, &(s1 + 1.0)?, &b1)?;
-        let x = gated_residual(x, &self.attention(&y, block, segments)?, &g1)?;
+        let x = gated_residual(x, &self.attention(&y, block, segments, &lens)?, &g1)?;
         let y = ln.forward_modulated(&x, &(s2 + 1.0)?, &b2)?;
-        let f = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&y)?)?)?;
+        let f = self.fc1.forward_seqs(&y, &lens)?;
+        let f = self.fc2.forward_seqs(&gelu_tanh(&f)?, &lens)?;
         gated_residual(&x, &f, &g2)
     }
 
-    fn attention(&self, y: &Tensor, block: usize, segments: &mut [RankSegment]) -> Result<Tensor> {
+    fn attention(
+        &self,
+        y: &Tensor,
+        block: usize,
+        segments: &mut [RankSegment],
+        lens: &[usize],
+    ) -> Result<Tensor> {
         let h = self.heads;
-        let qkv = self.qkv.forward(y)?;
+        let qkv = self.qkv.forward_seqs(y, lens)?;
         let c = qkv.dim(1)? / 3; // this rank's share of the width
         let d = c / h;
         let mut outs = Vec::with_capacity(segments.len());
@@ -280,7 +289,7 @@ impl Block {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.proj.forward(&o)
+        self.proj.forward_seqs(&o, lens)
     }
 }
 
