@@ -356,6 +356,7 @@ fn conv(c: usize, side: usize, repeat: usize) -> Result<()> {
     for (name, algo) in [
         ("auto", ConvAlgo::Auto),
         ("winograd", ConvAlgo::Winograd),
+        ("winograd4", ConvAlgo::Winograd4),
         ("shifted_gemm", ConvAlgo::ShiftedGemm),
     ] {
         let (s, out) = best(&|| Ok(conv2d_same_f32_with(&x, &w, &b, algo)?))?;

@@ -1,8 +1,8 @@
 //! Plain f32 GEMM `C = A · B` (all row-major) with an AVX-512 outer-product
 //! micro-kernel, for CPUs where it pays: the `gemm` crate that candle uses runs
 //! AVX2 only on stable Rust, while Intel server cores have two 512-bit FMA
-//! ports. Used by the VQVAE's Winograd convolution (16 GEMMs of
-//! `cout × cin · cin × tiles` per block of tiles). On AVX2 CPUs the `gemm`
+//! ports. Used by the VQVAE's Winograd convolution (36 GEMMs of
+//! `cout × cin · cin × tiles` per block of tiles with F(4×4, 3×3)). On AVX2 CPUs the `gemm`
 //! crate stays faster for those thin per-block GEMMs (Zen 3, 160 channels at
 //! 256²: 0.14 s against 0.18–0.22 s with the 6 × 16 tiles below).
 //!
