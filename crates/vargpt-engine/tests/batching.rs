@@ -212,11 +212,7 @@ fn ragged_forward_is_bitwise_the_forward_alone() {
             .forward_ragged(&Tensor::cat(&xs, 0).unwrap(), &mut segments)
             .unwrap(),
     );
-    let mut at = 0;
-    for (i, a) in alone.iter().enumerate() {
-        assert_eq!(a[..], together[at..at + a.len()], "LLaMA sequence {i}");
-        at += a.len();
-    }
+    same_bits(&alone, &together, "LLaMA");
 
     let c = m.var.config().width();
     let cls = m.var.class_embedding(0).unwrap();
@@ -243,9 +239,15 @@ fn ragged_forward_is_bitwise_the_forward_alone() {
             .forward_ragged(&Tensor::cat(&xs, 0).unwrap(), &cls, &mut segments)
             .unwrap(),
     );
+    same_bits(&alone, &together, "VAR");
+}
+
+/// `together` is the sequences of `alone`, back to back, bit for bit.
+fn same_bits(alone: &[Vec<f32>], together: &[f32], what: &str) {
     let mut at = 0;
     for (i, a) in alone.iter().enumerate() {
-        assert_eq!(a[..], together[at..at + a.len()], "VAR sequence {i}");
+        assert_eq!(a[..], together[at..at + a.len()], "{what} sequence {i}");
         at += a.len();
     }
+    assert_eq!(at, together.len(), "{what}: rows left over");
 }

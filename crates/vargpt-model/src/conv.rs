@@ -58,10 +58,9 @@ pub fn conv2d_same_f32_with(x: &Tensor, w: &Tensor, b: &Tensor, algo: ConvAlgo) 
     let y = with_f32(x, |xv| {
         with_f32(w, |wv| {
             let mut y = vec![0f32; cout * h * wd];
-            if winograd && f4 {
-                conv3x3_winograd4(xv, cin, h, wd, wv, cout, &bv, &mut y);
-            } else if winograd {
-                conv3x3_winograd(xv, cin, h, wd, wv, cout, &bv, &mut y);
+            if winograd {
+                let tile = if f4 { Tile::F4 } else { Tile::F2 };
+                conv3x3_winograd(xv, cin, h, wd, wv, cout, &bv, &mut y, tile);
             } else {
                 conv_shifted_gemm(xv, cin, h, wd, wv, cout, kh, &bv, &mut y);
             }
@@ -236,15 +235,46 @@ fn taps_sgemm(
         });
 }
 
-/// Winograd F(2×2, 3×3) for stride-1 "same" 3×3 convolutions: each 2×2 output tile
-/// costs 16 multiply-adds per (C_out, C_in) pair instead of 36, i.e. the GEMM work
-/// drops 2.25×. The transforms only use 0, ±½, ±1, so rounding stays at the level of
-/// the direct convolution (checked against an f64 direct convolution below).
-///
-/// Tiles are processed in blocks of whole tile rows (about 256 tiles: measured best), in parallel; per block the 16
-/// transformed planes are one GEMM each, kept in cache. The transforms run a tile
-/// row at a time over even/odd de-interleaved rows, so their inner loops are plain
-/// element-wise slice arithmetic the compiler vectorises.
+/// The two Winograd variants (see [`ConvAlgo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tile {
+    /// F(2×2, 3×3): each 2×2 output tile costs 16 multiply-adds per (C_out, C_in)
+    /// pair instead of 36 (2.25× fewer). The transforms only use 0, ±½, ±1, so
+    /// rounding stays at the level of the direct convolution.
+    F2,
+    /// F(4×4, 3×3): 36 products per 16 outputs (4× fewer), points 0, ±1, 2, −½
+    /// and ∞ (the set with the smallest error among those tried: about 3–7×
+    /// F(2×2, 3×3)'s, ~1e-6 of the output's scale).
+    F4,
+}
+
+impl Tile {
+    /// Output tile side.
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+    /// Transformed planes (α², α = m + 2).
+    fn planes(self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
+    }
+    /// Tiles per block (measured best: the block's planes stay in cache).
+    fn block_tiles(self) -> usize {
+        match self {
+            Tile::F2 => 256,
+            Tile::F4 => 128,
+        }
+    }
+}
+
+/// Winograd convolution (stride 1, "same" 3×3). Tiles are processed in blocks of
+/// whole tile rows, in parallel; per block the α² transformed planes are one
+/// GEMM each, kept in cache. The transforms run a tile row at a time over rows
+/// split into m phases (column x goes to phase (x + 1) mod m), so the tiles'
+/// j-th columns are one contiguous slice and every step is element-wise slice
+/// arithmetic the compiler vectorises.
 #[allow(clippy::too_many_arguments)]
 fn conv3x3_winograd(
     x: &[f32],
@@ -255,17 +285,22 @@ fn conv3x3_winograd(
     cout: usize,
     bias: &[f32],
     out: &mut [f32],
+    tile: Tile,
 ) {
     use rayon::prelude::*;
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let u = winograd_filters(wt, cout, cin);
+    let (th, tw) = (h.div_ceil(tile.m()), w.div_ceil(tile.m()));
+    let u = match tile {
+        Tile::F2 => winograd_filters(wt, cout, cin),
+        Tile::F4 => winograd4_filters(wt, cout, cin),
+    };
     let threads = rayon::current_num_threads();
-    // Tile rows per block: about 256 tiles, at least one row, and enough blocks to
-    // keep every thread busy when the image allows it.
-    let rows_per_block = (256 / tw).clamp(1, th.div_ceil(threads).max(1));
+    // Tile rows per block: about `block_tiles`, at least one row, and enough
+    // blocks to keep every thread busy when the image allows it.
+    let rows_per_block = (tile.block_tiles() / tw).clamp(1, th.div_ceil(threads).max(1));
     let blocks = th.div_ceil(rows_per_block);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let job = WinogradJob {
+        tile,
         x,
         cin,
         h,
@@ -281,19 +316,102 @@ fn conv3x3_winograd(
         threads,
     };
     let avx512 = vargpt_kernels::Isa::Avx512.is_available();
+    let avx2 = vargpt_kernels::Isa::Avx2.is_available();
     (0..blocks).into_par_iter().for_each(|b| {
         #[cfg(target_arch = "x86_64")]
-        if avx512 {
-            // SAFETY: AVX-512F/AVX2/FMA checked at run time.
-            return unsafe { winograd_block_avx512(&job, b) };
+        {
+            if avx512 {
+                // SAFETY: AVX-512F/AVX2/FMA checked at run time.
+                return unsafe { block_avx512(&job, b) };
+            }
+            if avx2 {
+                // SAFETY: AVX2/FMA checked at run time.
+                return unsafe { block_avx2(&job, b) };
+            }
         }
-        let _ = avx512;
-        winograd_block(&job, b)
+        let _ = (avx512, avx2);
+        block(&job, b)
     });
+}
+
+/// Block `b` of `job`, for its tile size.
+#[inline(always)]
+fn block(job: &WinogradJob, b: usize) {
+    match job.tile {
+        Tile::F2 => winograd2_block(job, b),
+        Tile::F4 => winograd4_block(job, b),
+    }
+}
+
+/// [`block`] compiled for AVX-512: the transforms are element-wise slice loops,
+/// which the compiler then vectorises 16 wide instead of SSE's 4.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn block_avx512(job: &WinogradJob, b: usize) {
+    block(job, b)
+}
+
+/// [`block`] compiled for AVX2 (8 wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(job: &WinogradJob, b: usize) {
+    block(job, b)
+}
+
+/// The GEMMs of one block: M[e] = U[e] · V[e] for every plane e, with U in the
+/// filters' [co][e][ci] layout (U[e] is cout rows of cin, `planes·cin` apart)
+/// and V[e] (cin × nt) dense. Returns M as [e][co][t].
+fn block_gemms(job: &WinogradJob, v: &[f32], nt: usize) -> Vec<f32> {
+    let (cin, cout, planes) = (job.cin, job.cout, job.tile.planes());
+    let mut mm = vec![0f32; planes * cout * nt];
+    for e in 0..planes {
+        let ue = &job.u[e * cin..];
+        let ve = &v[e * cin * nt..][..cin * nt];
+        let me = &mut mm[e * cout * nt..][..cout * nt];
+        // AVX-512 CPUs: our micro-kernel (the `gemm` crate is AVX2-only on
+        // stable Rust); one thread per block, the blocks run in parallel.
+        if job.serial
+            && vargpt_kernels::sgemm::sgemm(cout, nt, cin, ue, planes * cin, ve, nt, me, nt)
+        {
+            continue;
+        }
+        let par = if job.serial {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(job.threads)
+        };
+        // SAFETY: U[e] is cout rows of cin (row stride planes·cin) inside `u`;
+        // V[e] and M[e] are dense row-major blocks of the stated sizes.
+        unsafe {
+            gemm::gemm(
+                cout,
+                nt,
+                cin,
+                me.as_mut_ptr(),
+                1,
+                nt as isize,
+                false,
+                ue.as_ptr(),
+                1,
+                (planes * cin) as isize,
+                ve.as_ptr(),
+                1,
+                nt as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+    mm
 }
 
 /// What every block of one Winograd convolution shares.
 struct WinogradJob<'a> {
+    tile: Tile,
     x: &'a [f32],
     cin: usize,
     h: usize,
@@ -310,31 +428,22 @@ struct WinogradJob<'a> {
     threads: usize,
 }
 
-/// [`winograd_block`] compiled for AVX-512: the transforms are element-wise slice
-/// loops, which the compiler then vectorises 16 wide instead of SSE's 4.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn winograd_block_avx512(job: &WinogradJob, b: usize) {
-    winograd_block(job, b)
-}
-
-/// Block `b` of tile rows: input transform, 16 GEMMs, output transform.
+/// Block `b` of tile rows for F(2×2, 3×3): input transform (rows in even/odd
+/// phases), 16 GEMMs, output transform.
 #[inline(always)]
-fn winograd_block(job: &WinogradJob, b: usize) {
+fn winograd2_block(job: &WinogradJob, b: usize) {
     let WinogradJob {
         x,
         cin,
         h,
         w,
-        u,
         cout,
         bias,
         out: out_ptr,
         th,
         tw,
         rows_per_block,
-        serial,
-        threads,
+        ..
     } = *job;
 
     let r0 = b * rows_per_block;
@@ -406,49 +515,7 @@ fn winograd_block(job: &WinogradJob, b: usize) {
             }
         }
     }
-    // M[e] = U[e] (cout × cin) · V[e] (cin × nt).
-    let mut m = vec![0f32; 16 * cout * nt];
-    for e in 0..16 {
-        let (ue, ve) = (
-            &u[e * cout * cin..][..cout * cin],
-            &v[e * cin * nt..][..cin * nt],
-        );
-        let me = &mut m[e * cout * nt..][..cout * nt];
-        // AVX-512 CPUs: our micro-kernel (the `gemm` crate is AVX2-only on
-        // stable Rust); one thread per block, the blocks run in parallel.
-        if serial && vargpt_kernels::sgemm::sgemm(cout, nt, cin, ue, cin, ve, nt, me, nt) {
-            continue;
-        }
-        let par = if serial {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(threads)
-        };
-        // SAFETY: all three are dense row-major blocks of the stated sizes.
-        unsafe {
-            gemm::gemm(
-                cout,
-                nt,
-                cin,
-                me.as_mut_ptr(),
-                1,
-                nt as isize,
-                false,
-                ue.as_ptr(),
-                1,
-                cin as isize,
-                ve.as_ptr(),
-                1,
-                nt as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-    }
+    let m = block_gemms(job, &v, nt);
     // Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1], plus bias, a tile row at a time.
 
     let mut sy = vec![0f32; 8 * tw];
@@ -490,7 +557,7 @@ fn winograd_block(job: &WinogradJob, b: usize) {
     }
 }
 
-/// U[e][co][ci] = (G g Gᵀ)[e] with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
+/// U[co][e][ci] = (G g Gᵀ)[e] with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
 fn winograd_filters(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut u = vec![0f32; 16 * cout * cin];
     for oc in 0..cout * cin {
@@ -511,81 +578,13 @@ fn winograd_filters(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
                 0.5 * (ai[0] - ai[1] + ai[2]),
                 ai[2],
             ];
+            let (co, ci) = (oc / cin, oc % cin);
             for (j, val) in vals.into_iter().enumerate() {
-                u[(i * 4 + j) * cout * cin + oc] = val;
+                u[(co * 16 + i * 4 + j) * cin + ci] = val;
             }
         }
     }
     u
-}
-
-/// Winograd F(4×4, 3×3): 36 products per 16 outputs (4× fewer multiply-adds than
-/// direct, against F(2×2, 3×3)'s 2.25×), points 0, ±1, 2, −½ and ∞ (the set with
-/// the smallest error among those tried: about 3–7× F(2×2, 3×3)'s, ~1e-6 of the
-/// output's scale). Same blocking and phase layout as [`conv3x3_winograd`], with
-/// 4 phases per row and the transforms written out (each a single pass).
-#[allow(clippy::too_many_arguments)]
-fn conv3x3_winograd4(
-    x: &[f32],
-    cin: usize,
-    h: usize,
-    w: usize,
-    wt: &[f32],
-    cout: usize,
-    bias: &[f32],
-    out: &mut [f32],
-) {
-    use rayon::prelude::*;
-    let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
-    let u = winograd4_filters(wt, cout, cin);
-    let threads = rayon::current_num_threads();
-    let rows_per_block = (128 / tw).clamp(1, th.div_ceil(threads).max(1));
-    let blocks = th.div_ceil(rows_per_block);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let job = WinogradJob {
-        x,
-        cin,
-        h,
-        w,
-        u: &u,
-        cout,
-        bias,
-        out: &out_ptr,
-        th,
-        tw,
-        rows_per_block,
-        serial: blocks >= threads,
-        threads,
-    };
-    let avx512 = vargpt_kernels::Isa::Avx512.is_available();
-    let avx2 = vargpt_kernels::Isa::Avx2.is_available();
-    (0..blocks).into_par_iter().for_each(|b| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx512 {
-                // SAFETY: AVX-512F/AVX2/FMA checked at run time.
-                return unsafe { winograd4_block_avx512(&job, b) };
-            }
-            if avx2 {
-                // SAFETY: AVX2/FMA checked at run time.
-                return unsafe { winograd4_block_avx2(&job, b) };
-            }
-        }
-        let _ = (avx512, avx2);
-        winograd4_block(&job, b)
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn winograd4_block_avx512(job: &WinogradJob, b: usize) {
-    winograd4_block(job, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn winograd4_block_avx2(job: &WinogradJob, b: usize) {
-    winograd4_block(job, b)
 }
 
 /// `Bᵀ` of F(4×4, 3×3) applied element-wise: `o_a = Σ_i Bᵀ[a][i] d_i`.
@@ -652,6 +651,9 @@ fn runs<const R: usize>(buf: &mut [f32], starts: [usize; R], len: usize) -> [&mu
     out
 }
 
+/// Block `b` of tile rows for F(4×4, 3×3): input transform (rows in 4 phases,
+/// `Bᵀ` along y then x), 36 GEMMs, output transform (`Aᵀ` along y then x),
+/// interleaved into the output rows with the bias.
 #[inline(always)]
 fn winograd4_block(job: &WinogradJob, b: usize) {
     let WinogradJob {
@@ -659,15 +661,13 @@ fn winograd4_block(job: &WinogradJob, b: usize) {
         cin,
         h,
         w,
-        u,
         cout,
         bias,
         out: out_ptr,
         th,
         tw,
         rows_per_block,
-        serial,
-        threads,
+        ..
     } = *job;
     let r0 = b * rows_per_block;
     let r1 = (r0 + rows_per_block).min(th);
@@ -734,46 +734,7 @@ fn winograd4_block(job: &WinogradJob, b: usize) {
             }
         }
     }
-    // M[e] = U[e] (cout × cin, rows 36·cin apart) · V[e] (cin × nt).
-    let mut mm = vec![0f32; 36 * cout * nt];
-    for e in 0..36 {
-        let ue = &u[e * cin..];
-        let ve = &v[e * cin * nt..][..cin * nt];
-        let me = &mut mm[e * cout * nt..][..cout * nt];
-        if serial && vargpt_kernels::sgemm::sgemm(cout, nt, cin, ue, 36 * cin, ve, nt, me, nt) {
-            continue;
-        }
-        let par = if serial {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(threads)
-        };
-        // SAFETY: U[e] is cout rows of cin (row stride 36·cin) inside `u`; V[e]
-        // and M[e] are dense row-major blocks of the stated sizes.
-        unsafe {
-            gemm::gemm(
-                cout,
-                nt,
-                cin,
-                me.as_mut_ptr(),
-                1,
-                nt as isize,
-                false,
-                ue.as_ptr(),
-                1,
-                (36 * cin) as isize,
-                ve.as_ptr(),
-                1,
-                nt as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-    }
+    let mm = block_gemms(job, &v, nt);
     // Aᵀ M A plus bias, a tile row at a time.
     let mut sy = vec![0f32; 24 * tw]; // sy[a][j], a < 4, j < 6
     let mut ph = vec![0f32; 4 * tw];
