@@ -428,27 +428,22 @@ struct WinogradJob<'a> {
     threads: usize,
 }
 
+impl WinogradJob<'_> {
+    /// Block `b`'s tile rows `r0 .. r1` and its tile count.
+    fn block_rows(&self, b: usize) -> (usize, usize, usize) {
+        let r0 = b * self.rows_per_block;
+        let r1 = (r0 + self.rows_per_block).min(self.th);
+        (r0, r1, (r1 - r0) * self.tw)
+    }
+}
+
 /// Block `b` of tile rows for F(2×2, 3×3): input transform (rows in even/odd
 /// phases), 16 GEMMs, output transform.
 #[inline(always)]
 fn winograd2_block(job: &WinogradJob, b: usize) {
-    let WinogradJob {
-        x,
-        cin,
-        h,
-        w,
-        cout,
-        bias,
-        out: out_ptr,
-        th,
-        tw,
-        rows_per_block,
-        ..
-    } = *job;
-
-    let r0 = b * rows_per_block;
-    let r1 = (r0 + rows_per_block).min(th);
-    let nt = (r1 - r0) * tw;
+    let (r0, r1, nt) = job.block_rows(b);
+    let (x, cin, h, w, cout, tw) = (job.x, job.cin, job.h, job.w, job.cout, job.tw);
+    let (bias, out_ptr) = (job.bias, job.out);
     // V[e][ci][t]: the transformed input tiles.
     let mut v = vec![0f32; 16 * cin * nt];
     // Per input row i of the tile row: even (x = 2k−1) and odd (x = 2k) columns,
@@ -656,22 +651,9 @@ fn runs<const R: usize>(buf: &mut [f32], starts: [usize; R], len: usize) -> [&mu
 /// interleaved into the output rows with the bias.
 #[inline(always)]
 fn winograd4_block(job: &WinogradJob, b: usize) {
-    let WinogradJob {
-        x,
-        cin,
-        h,
-        w,
-        cout,
-        bias,
-        out: out_ptr,
-        th,
-        tw,
-        rows_per_block,
-        ..
-    } = *job;
-    let r0 = b * rows_per_block;
-    let r1 = (r0 + rows_per_block).min(th);
-    let nt = (r1 - r0) * tw;
+    let (r0, r1, nt) = job.block_rows(b);
+    let (x, cin, h, w, cout, tw) = (job.x, job.cin, job.h, job.w, job.cout, job.tw);
+    let (bias, out_ptr) = (job.bias, job.out);
     let t1 = tw + 1;
     let n = 4 * t1;
     // V[e][ci][t]: the transformed input tiles.
