@@ -145,7 +145,7 @@ fn linear_cpu(x: &Tensor, w: &Tensor, seqs: &[usize]) -> Result<Option<Tensor>> 
     // Runs of consecutive sequences on the same kernel, each one call.
     let mut runs: Vec<(usize, usize, bool)> = Vec::new(); // (first row, rows, long)
     let mut row = 0;
-    for &l in seqs {
+    for &l in seqs.iter().filter(|&&l| l > 0) {
         let long = !half && l > limit;
         match runs.last_mut() {
             Some((_, rows, was_long)) if *was_long == long => *rows += l,
@@ -394,6 +394,7 @@ mod tests {
             vec![1, LONG + 5, 3],
             vec![LONG + 5, 1, 1, LONG + 1],
             vec![7; 2 * LONG / 7 + 3],
+            vec![0, 2, 0, LONG, 0],
         ] {
             let m: usize = seqs.iter().sum();
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
