@@ -48,18 +48,17 @@ pub fn conv2d_same_f32_with(x: &Tensor, w: &Tensor, b: &Tensor, algo: ConvAlgo) 
         return candle_conv(x, w, b);
     }
     let bv: Vec<f32> = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let winograd = kh == 3
-        && match algo {
-            ConvAlgo::Auto => h * wd >= WINOGRAD_MIN_PIXELS,
-            ConvAlgo::Winograd | ConvAlgo::Winograd4 => true,
-            ConvAlgo::ShiftedGemm => false,
-        };
-    let f4 = matches!(algo, ConvAlgo::Auto | ConvAlgo::Winograd4);
+    let winograd = match algo {
+        _ if kh != 3 => None,
+        ConvAlgo::Auto if h * wd >= WINOGRAD_MIN_PIXELS => Some(Tile::F4),
+        ConvAlgo::Auto | ConvAlgo::ShiftedGemm => None,
+        ConvAlgo::Winograd => Some(Tile::F2),
+        ConvAlgo::Winograd4 => Some(Tile::F4),
+    };
     let y = with_f32(x, |xv| {
         with_f32(w, |wv| {
             let mut y = vec![0f32; cout * h * wd];
-            if winograd {
-                let tile = if f4 { Tile::F4 } else { Tile::F2 };
+            if let Some(tile) = winograd {
                 conv3x3_winograd(xv, cin, h, wd, wv, cout, &bv, &mut y, tile);
             } else {
                 conv_shifted_gemm(xv, cin, h, wd, wv, cout, kh, &bv, &mut y);
@@ -556,6 +555,7 @@ fn winograd2_block(job: &WinogradJob, b: usize) {
 fn winograd_filters(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut u = vec![0f32; 16 * cout * cin];
     for oc in 0..cout * cin {
+        let (co, ci) = (oc / cin, oc % cin);
         let g = &wt[oc * 9..oc * 9 + 9];
         // G g: 4×3
         let mut a = [[0f32; 3]; 4];
@@ -573,7 +573,6 @@ fn winograd_filters(wt: &[f32], cout: usize, cin: usize) -> Vec<f32> {
                 0.5 * (ai[0] - ai[1] + ai[2]),
                 ai[2],
             ];
-            let (co, ci) = (oc / cin, oc % cin);
             for (j, val) in vals.into_iter().enumerate() {
                 u[(co * 16 + i * 4 + j) * cin + ci] = val;
             }

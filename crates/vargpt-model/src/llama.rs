@@ -249,10 +249,14 @@ impl RankLayers {
         let mut h = x.to_device(&self.device)?;
         let lens: Vec<usize> = segments.iter().map(|s| s.2).collect();
         for (li, layer) in self.layers.iter().enumerate() {
-            let a =
-                layer
-                    .attn
-                    .forward(&layer.ln1.forward(&h)?, li, segments, &self.cos, &self.sin)?;
+            let a = layer.attn.forward(
+                &layer.ln1.forward(&h)?,
+                li,
+                segments,
+                &lens,
+                &self.cos,
+                &self.sin,
+            )?;
             h = (h + a)?;
             let n = layer.ln2.forward(&h)?;
             let m = &layer.mlp;
@@ -289,14 +293,14 @@ impl Attention {
         x: &Tensor,
         layer: usize,
         segments: &mut [RankSegment],
+        lens: &[usize],
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
         let d = self.head_dim;
-        let lens: Vec<usize> = segments.iter().map(|s| s.2).collect();
-        let q_all = self.q.forward_seqs(x, &lens)?;
-        let k_all = self.k.forward_seqs(x, &lens)?;
-        let v_all = self.v.forward_seqs(x, &lens)?;
+        let q_all = self.q.forward_seqs(x, lens)?;
+        let k_all = self.k.forward_seqs(x, lens)?;
+        let v_all = self.v.forward_seqs(x, lens)?;
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -328,9 +332,9 @@ impl Attention {
                 .map(|((bufs, offset, l), q)| self.attend_cached(q, *l, &bufs[layer], *offset))
                 .collect::<Result<_>>()?;
             let width = self.heads * d;
-            let rows_total: usize = segments.iter().map(|s| s.2).sum();
+            let rows_total: usize = lens.iter().sum();
             let o = Tensor::from_vec(outs.concat(), (rows_total, width), x.device())?;
-            return self.o.forward_seqs(&o, &lens);
+            return self.o.forward_seqs(&o, lens);
         }
         for (bufs, offset, l) in segments.iter_mut() {
             let (l, offset) = (*l, *offset);
@@ -375,7 +379,7 @@ impl Attention {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.o.forward_seqs(&o, &lens)
+        self.o.forward_seqs(&o, lens)
     }
 }
 

@@ -214,8 +214,9 @@ impl RankBlocks {
     ) -> Result<Tensor> {
         let mut x = x.to_device(&self.device)?;
         let sc = silu_cond.to_device(&self.device)?;
+        let lens: Vec<usize> = segments.iter().map(|(_, l)| *l).collect();
         for (bi, blk) in self.blocks.iter().enumerate() {
-            x = blk.forward(&x, &sc, ln, bi, segments)?;
+            x = blk.forward(&x, &sc, ln, bi, segments, &lens)?;
         }
         Ok(x)
     }
@@ -229,6 +230,7 @@ impl Block {
         ln: &LayerNorm,
         block: usize,
         segments: &mut [RankSegment],
+        lens: &[usize],
     ) -> Result<Tensor> {
         let c = x.dim(D::Minus1)?;
         // Chunk order: gamma1, gamma2, scale1, scale2, shift1, shift2.
@@ -242,12 +244,11 @@ impl Block {
             chunk(4)?,
             chunk(5)?,
         );
-        let lens: Vec<usize> = segments.iter().map(|(_, l)| *l).collect();
         let y = ln.forward_modulated(x, &(s1 + 1.0)?, &b1)?;
-        let x = gated_residual(x, &self.attention(&y, block, segments, &lens)?, &g1)?;
+        let x = gated_residual(x, &self.attention(&y, block, segments, lens)?, &g1)?;
         let y = ln.forward_modulated(&x, &(s2 + 1.0)?, &b2)?;
-        let f = self.fc1.forward_seqs(&y, &lens)?;
-        let f = self.fc2.forward_seqs(&gelu_tanh(&f)?, &lens)?;
+        let f = self.fc1.forward_seqs(&y, lens)?;
+        let f = self.fc2.forward_seqs(&gelu_tanh(&f)?, lens)?;
         gated_residual(&x, &f, &g2)
     }
 
