@@ -15,7 +15,7 @@
 #   --ours-args "..." extra arguments for our bench binary (e.g. "--tp 2")
 #
 # Environment: VARGPT_REF_DIR (default /root/.cache/vargpt-rs/ref; made by
-# bench/setup-reference.sh), REFERENCE_BENCH (default /work/shared/bench/reference_bench.py),
+# bench/setup-reference.sh), REFERENCE_BENCH (default bench/reference_bench.py),
 # CARGO_TARGET_DIR (default /root/.cache/vargpt-rs/target), OURS_BIN (a prebuilt `bench`
 # binary; default: cargo build -p vargpt-bench --bin bench with the workspace's dev profile,
 # which is its benchmark profile, or BENCH_PROFILE=release; built BEFORE anything is timed so

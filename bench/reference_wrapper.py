@@ -1,4 +1,4 @@
-"""Run the shared reference benchmark (reference_bench.py) unchanged and annotate its JSON.
+"""Run the benchmark driver bench/reference_bench.py unchanged and annotate its JSON.
 
     $VENV/bin/python bench/reference_wrapper.py --vargpt-src DIR --model DIR [reference_bench.py args]
 
@@ -30,7 +30,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_SCRIPT = os.environ.get("REFERENCE_BENCH", "/work/shared/bench/reference_bench.py")
+DEFAULT_SCRIPT = os.environ.get("REFERENCE_BENCH", os.path.join(HERE, "reference_bench.py"))
 
 
 def _loadavg():

@@ -11,7 +11,7 @@
 #
 # The authors' code is never copied into this repository and never edited:
 # anything it needs to run on CPU is monkeypatched at run time by
-# /work/shared/bench/reference_bench.py and bench/reference_wrapper.py.
+# bench/reference_bench.py and bench/reference_wrapper.py.
 set -euo pipefail
 
 REF_DIR=${VARGPT_REF_DIR:-/root/.cache/vargpt-rs/ref}

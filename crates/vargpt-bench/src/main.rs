@@ -1,6 +1,6 @@
 //! `bench`: timings of one model directory, printed as JSON.
 //!
-//! `bench phases` measures what `shared/bench/reference_bench.py` measures on the
+//! `bench phases` measures what `bench/reference_bench.py` measures on the
 //! authors' PyTorch model, with the same inputs (a generated 320×240 picture, the
 //! same prompts, 32 greedy decode steps with EOS ignored, one text-to-image at
 //! cfg 1.5 with the default sampler), each the minimum over `--repeat` runs.
