@@ -410,7 +410,7 @@ def check_compose_contract(c: dict, image_cmd=None) -> None:
         check("compose dispatcher: VARGPT_JOB_QUEUE is the worker's job queue ({VARGPT_QUEUE_PREFIX}.jobs)",
               denv.get("VARGPT_JOB_QUEUE") == f"{prefix}.jobs",
               f"VARGPT_JOB_QUEUE={denv.get('VARGPT_JOB_QUEUE')!r}, the worker consumes {prefix}.jobs")
-        wurl = urllib.parse.urlparse(wenv.get("AMQP_URL") or "")
+        wurl = urllib.parse.urlparse(wenv.get(helm_env_names()["amqpUrl"]) or "")
         durl = urllib.parse.urlparse(denv.get("VARGPT_AMQP_URL") or "")
         check("compose dispatcher: VARGPT_AMQP_URL points at the worker's broker and vhost",
               (durl.hostname, durl.port, durl.path) == (wurl.hostname, wurl.port, wurl.path) and durl.hostname,
@@ -800,7 +800,7 @@ def cmd_compose(_args) -> None:
     check_contract_parsed()
     check_compose_contract(c, dockerfile_cmd((ROOT / "Dockerfile").read_text()))
     check_env_names("helm envNames", worker_cli(), "serve", names.values())
-    core = ["amqpUrl", "queuePrefix", "model", "tensorParallel", "concurrency", "batchMax", "engineBatch",
+    core = ["amqpUrl", "queuePrefix", "model", "tensorParallel", "maxBatch",
             "s3Bucket", "s3Endpoint", "s3PathStyle", "awsRegion", "awsAccessKeyId", "awsSecretAccessKey",
             "httpAddr", "shutdownGraceSecs", "logFormat", "logLevel", "hfHome"]
     missing = sorted(names[k] for k in core if names[k] not in wenv)
@@ -882,7 +882,7 @@ def cmd_compose(_args) -> None:
     u = users.get(amqp.username or "")
     check("rabbitmq: broker URL user exists with the URL's password",
           u is not None and rabbit_hash_ok(u["password_hash"], urllib.parse.unquote(amqp.password or "")),
-          "definitions.json users do not match the worker's AMQP_URL")
+          f"definitions.json users do not match the worker's {names['amqpUrl']}")
     perms = [p for p in defs.get("permissions", []) if p["user"] == amqp.username]
     check("rabbitmq: broker user has permissions on its vhost", bool(perms))
 
@@ -1068,6 +1068,14 @@ def cmd_dashboard(args) -> None:
         "GPU memory": r"DCGM_FI_DEV_FB_USED",
         "model load time": r"vargpt_model_load_seconds",
         "readiness": r"vargpt_ready",
+        "prompt tokens/s": r"rate\(vargpt_prompt_tokens_total",
+        "time to first token p50/p95/p99": r"histogram_quantile\(0\.5,.*vargpt_time_to_first_token_seconds_bucket[\s\S]*"
+                                           r"histogram_quantile\(0\.99,.*vargpt_time_to_first_token_seconds_bucket",
+        "time per output token p50/p95/p99": r"histogram_quantile\(0\.5,.*vargpt_time_per_output_token_seconds_bucket[\s\S]*"
+                                             r"histogram_quantile\(0\.99,.*vargpt_time_per_output_token_seconds_bucket",
+        "GPU memory used / total (worker)": r"vargpt_gpu_memory_used_bytes[\s\S]*vargpt_gpu_memory_total_bytes",
+        "GPU utilisation (worker)": r"vargpt_gpu_utilization_ratio",
+        "engine alive": r"vargpt_engine_alive",
     }
     for what, rx in required.items():
         check(f"dashboard: shows {what}", re.search(rx, text) is not None, f"no query matches /{rx}/")
@@ -1116,6 +1124,7 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 # Minimal schemas of our own on top of the CRD validation, which accepts
 # unknown fields (the API server would silently prune them).
@@ -1152,7 +1161,15 @@ CRD_FIELDS = {
                              "scrapeTimeout", "targetPort", "tlsConfig", "trackTimestampsStaleness"},
         "spec.namespaceSelector": {"any", "matchNames"},
     },
+    "PrometheusRule": {
+        "spec": {"groups"},
+        "spec.groups[]": {"name", "interval", "rules", "limit", "labels", "partial_response_strategy", "query_offset"},
+        "spec.groups[].rules[]": {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"},
+    },
 }
+# The alerts the chart's PrometheusRule renders with every alert enabled (issue 17).
+REQUIRED_ALERTS = {"VargptJobsDeadLettered", "VargptDeadLetterQueueGrowing", "VargptJobQueueNoConsumers",
+                   "VargptQueueWaitHigh", "VargptWorkerNotReady", "VargptEngineDead"}
 REQUIRED_LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "app.kubernetes.io/part-of",
                    "helm.sh/chart"]
@@ -1260,7 +1277,7 @@ def cmd_k8s(args) -> None:
     # The worker's CLI: subcommand, flags and every variable name (crates/vargpt-worker/src).
     check_manifest_contract(name, docs)
     must = [n[k] for k in ("queuePrefix", "model", "s3Bucket", "awsRegion", "httpAddr", "tensorParallel",
-                           "concurrency", "batchMax", "engineBatch", "maxBatchTokens", "shutdownGraceSecs",
+                           "maxBatch", "maxBatchTokens", "shutdownGraceSecs",
                            "logFormat", "logLevel", "hfHome", "s3PathStyle")]
     check(f"{name}: worker gets every required setting as an env var", all(k in env for k in must),
           f"missing {[k for k in must if k not in env]}")
@@ -1279,10 +1296,11 @@ def cmd_k8s(args) -> None:
     amqp_env = next((e for e in c.get("env", []) if e["name"] == n["amqpUrl"]), None)
     amqp_file = env.get(n["amqpUrlFile"])
     file_vol = next((v for path, v in mounts.items() if amqp_file and amqp_file.startswith(path.rstrip("/") + "/")), {})
-    check(f"{name}: broker URL from a Secret (AMQP_URL secretKeyRef, or AMQP_URL_FILE on a Secret volume), not both",
+    check(f"{name}: broker URL from a Secret ({n['amqpUrl']} secretKeyRef, or {n['amqpUrlFile']} on a Secret volume), "
+          "not both",
           (amqp_env is not None) != (amqp_file is not None)
           and ("secretKeyRef" in ((amqp_env or {}).get("valueFrom") or {}) or "secret" in file_vol),
-          f"AMQP_URL={amqp_env} AMQP_URL_FILE={amqp_file} volume={file_vol}")
+          f"{n['amqpUrl']}={amqp_env} {n['amqpUrlFile']}={amqp_file} volume={file_vol}")
     ca_file = env.get(n["amqpCaFile"])
     if ca_file:
         check(f"{name}: AMQP_CA_FILE lies on a mounted volume",
@@ -1307,8 +1325,8 @@ def cmd_k8s(args) -> None:
         tag = c["image"].rsplit(":", 1)[-1] if "@" not in c["image"] else None
         check(f"{name}: GPU worker uses the cuda image (tag *cuda*, or pinned by digest)",
               tag is None or "cuda" in tag, c["image"])
-        conc = int(env.get(n["concurrency"], "1")) * int(env.get(n["batchMax"], "1"))
-        check(f"{name}: GPU worker has several jobs in flight (VARGPT_CONCURRENCY x VARGPT_BATCH_MAX = {conc}) "
+        conc = int(env.get(n["maxBatch"], "1"))
+        check(f"{name}: GPU worker has several jobs in flight ({n['maxBatch']} = {conc}) "
               "for the continuous batcher", conc > 1)
     else:
         check(f"{name}: CPU worker: no GPU limit, VARGPT_TP=1, no VARGPT_DEVICES / VARGPT_CUDA_DEVICE",
@@ -1318,6 +1336,16 @@ def cmd_k8s(args) -> None:
     if tp > 1:
         mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
         check(f"{name}: tensor parallel pods mount /dev/shm", "/dev/shm" in mounts)
+    # The published VARGPT (9.28 B parameters): 17.3 GiB of bf16 weights in host RAM on a CPU
+    # worker (34.6 GiB in f32) plus KV caches; on GPU pods the weights live on the GPUs.
+    model = str(env.get(n["model"], ""))
+    mem_limit = quantity_bytes(limits.get("memory", "0")) / 2**30
+    if model == PUBLISHED_MODEL:
+        dtype = str(env.get(n["dtype"]) or ("bf16" if gpu is not None else "f32"))
+        need = 16 if gpu is not None else (48 if dtype == "f32" else 30)
+        check(f"{name}: memory limit ({mem_limit:.0f} GiB) holds {PUBLISHED_MODEL} "
+              f"({'GPU pod, host side' if gpu is not None else 'CPU, ' + dtype})", mem_limit >= need,
+              f"needs >= {need} GiB (helm/vargpt/values.yaml, worker.resources, has the arithmetic)")
     check(f"{name}: memory request and limit, cpu request set",
           "memory" in limits and "memory" in requests and "cpu" in requests, str(c.get("resources")))
     check(f"{name}: image is pinned (no :latest)", not c["image"].endswith(":latest") and (":" in c["image"] or "@" in c["image"]),
@@ -1407,6 +1435,8 @@ def cmd_k8s(args) -> None:
         check(f"{name}: ServiceMonitor scrapes the release namespace",
               target[0]["metadata"].get("namespace") in sm["spec"].get("namespaceSelector", {}).get("matchNames", [])
               if target else False)
+    for rule in by_kind.get("PrometheusRule", []):
+        check_prometheus_rule(name, rule, env.get(n["queuePrefix"]))
     for cm in cms.values():
         if "vargpt.json" in (cm.get("data") or {}):
             same = cm["data"]["vargpt.json"] == (ROOT / "deploy/grafana/dashboards/vargpt.json").read_text().rstrip("\n")
@@ -1419,6 +1449,43 @@ def cmd_k8s(args) -> None:
     for t in tests:
         check(f"{name}: helm test pod is not selected by the worker Service",
               not any(matches(s["spec"]["selector"], t["metadata"].get("labels", {})) for s in svcs))
+
+
+PUBLISHED_MODEL = "VARGPT-family/VARGPT_LLaVA-v1"
+
+
+def quantity_bytes(q) -> float:
+    """A Kubernetes memory quantity (e.g. 32Gi, 500M, 1e9) in bytes."""
+    m = re.fullmatch(r"([0-9.]+(?:[eE][0-9]+)?)([KMGTPE]i?|m|k)?", str(q).strip())
+    if not m:
+        raise ValueError(f"not a quantity: {q!r}")
+    unit = m.group(2) or ""
+    mult = {"": 1, "m": 1e-3, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}.get(unit)
+    if mult is None:
+        mult = 1024 ** ("KMGTPE".index(unit[0]) + 1)
+    return float(m.group(1)) * mult
+
+
+def check_prometheus_rule(name: str, rule: dict, prefix: str) -> None:
+    """Alert expressions parse, select only metrics that exist, and watch the worker's own queues."""
+    rules = [r for g in rule["spec"]["groups"] for r in g.get("rules", [])]
+    alerts = {r["alert"] for r in rules if "alert" in r}
+    check(f"{name}: PrometheusRule has the worker alerts ({', '.join(sorted(REQUIRED_ALERTS))})",
+          REQUIRED_ALERTS <= alerts, f"missing {sorted(REQUIRED_ALERTS - alerts)}")
+    parsed = node_json("promql", [r["expr"] for r in rules])
+    syntax = [f"{r.get('alert') or r.get('record')}: {p['errors'][0]}" for r, p in zip(rules, parsed) if p["errors"]]
+    check(f"{name}: all {len(rules)} alert expressions parse (Prometheus lezer grammar)", not syntax, "\n".join(syntax))
+    known = read_worker_metrics(ROOT / "deploy/grafana/worker-metrics.txt")
+    queried = sorted({m for p in parsed for m in p["metrics"]})
+    unknown = [m for m in queried if not m.startswith("rabbitmq_") and family_of(m, known) is None]
+    check(f"{name}: alerts query only worker metrics of worker-metrics.txt and rabbitmq_*", not unknown,
+          f"not exported: {unknown}")
+    queues = set(re.findall(r'queue="([^"]*)"', "\n".join(r["expr"] for r in rules)))
+    check(f"{name}: alerts watch the worker's queues ({prefix}.jobs / {prefix}.dead)",
+          queues and queues <= {f"{prefix}.jobs", f"{prefix}.dead"}, str(sorted(queues)))
+    bare = [r["alert"] for r in rules if "alert" in r and
+            not ((r.get("labels") or {}).get("severity") and (r.get("annotations") or {}).get("summary"))]
+    check(f"{name}: every alert has a severity label and a summary", not bare, str(bare))
 
 
 def cmd_contract(args) -> None:

@@ -6,11 +6,13 @@
 //        PromQL grammar, @prometheus-io/lezer-promql)
 //   node node-checks.mjs crds < docs.json      -> JSON: per custom resource,
 //        the validation errors against the KEDA / Prometheus Operator CRD
-//        schemas (@kubernetes-models/*)
+//        schemas (@kubernetes-models/*): ScaledObject, TriggerAuthentication,
+//        ServiceMonitor, PrometheusRule
 import { parser } from '@prometheus-io/lezer-promql';
 import { ScaledObject } from '@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject';
 import { TriggerAuthentication } from '@kubernetes-models/keda/keda.sh/v1alpha1/TriggerAuthentication';
 import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor';
+import { PrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 
 async function readStdin() {
   const chunks = [];
@@ -44,6 +46,7 @@ const CRDS = {
   'keda.sh/v1alpha1/ScaledObject': ScaledObject,
   'keda.sh/v1alpha1/TriggerAuthentication': TriggerAuthentication,
   'monitoring.coreos.com/v1/ServiceMonitor': ServiceMonitor,
+  'monitoring.coreos.com/v1/PrometheusRule': PrometheusRule,
 };
 
 function crds(docs) {

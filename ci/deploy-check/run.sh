@@ -173,6 +173,7 @@ CHART="$ROOT/helm/vargpt"
 # name | values files / --set flags | external secrets & claims (not rendered by the chart)
 declare -a SETS=(
     "default||"
+    "gpu-tp1|-f $CHART/values-gpu-tp1.yaml|"
     "gpu-tp2|-f $CHART/values-gpu-tp2.yaml|"
     "gpu-tp4|-f $CHART/values-gpu-tp4.yaml|"
     "toggles-on|-f $HERE/values/toggles-on.yaml|--external-secret hf-token"
@@ -245,11 +246,25 @@ expect_fail "broker URL that is not amqp(s)://" "amqp://" "${T[@]}" --set amqp.u
 expect_fail "S3 key id without secret key" "secretAccessKey is empty" "${T[@]}" --set s3.accessKeyId=AKIAEXAMPLE
 expect_fail "unknown image variant" "variant" "${T[@]}" --set image.variant=rocm
 expect_fail "CUDA image without GPUs" "needs gpu.enabled=true" "${T[@]}" --set image.variant=cuda
-expect_fail "draft value worker.jobQueue" "worker.queuePrefix" "${T[@]}" --set worker.jobQueue=vargpt.jobs
-expect_fail "draft value worker.maxBatchSize" "worker.concurrency" "${T[@]}" --set worker.maxBatchSize=4
-expect_fail "draft value s3.forcePathStyle" "s3.pathStyle" "${T[@]}" --set s3.forcePathStyle=true
+expect_fail "draft value worker.jobQueue (schema)" "Additional property jobQueue" "${T[@]}" --set worker.jobQueue=vargpt.jobs
+expect_fail "draft value worker.maxBatchSize (schema)" "Additional property maxBatchSize" "${T[@]}" --set worker.maxBatchSize=4
+expect_fail "draft value s3.forcePathStyle (schema)" "Additional property forcePathStyle" "${T[@]}" --set s3.forcePathStyle=true
 expect_fail "draft subcommand: worker.args=[amqp]" "subcommand serve" "${T[@]}" --set 'worker.args={amqp}'
 expect_fail "queue prefix with a space" "queuePrefix" "${T[@]}" --set 'worker.queuePrefix=my jobs'
+
+section "Helm chart: values.schema.json is strict (a misspelt key is refused)"
+run_counted "$PY" "$HERE/values_schema.py"
+BAD="$HERE/bad-values/typo-keys.yaml"
+for typo in resouces enabeld fr; do
+    expect_fail "helm lint refuses bad-values/typo-keys.yaml: $typo" "Additional property $typo is not allowed" \
+        "$HELM" lint --strict "$CHART" -f "$BAD"
+done
+expect_fail "helm template refuses a misspelt top-level key (metrcs)" "Additional property metrcs" \
+    "${T[@]}" --set metrcs.port=9090
+expect_fail "helm template refuses a misspelt resource name (memroy)" "memroy" \
+    "${T[@]}" --set worker.resources.limits.memroy=1Gi
+expect_fail "helm template refuses a misspelt probe key" "Additional property failureTreshold" \
+    "${T[@]}" --set worker.readinessProbe.failureTreshold=3
 
 # --------------------------------------------------------------------------
 # The contract check (subcommands, flags and environment variable names set
@@ -277,17 +292,19 @@ contract_of_render() {
 }
 C="$ROOT/docker-compose.yml"
 D="$ROOT/Dockerfile"
-drift "compose worker sets VARGPT_AMQP_URL" "VARGPT_AMQP_URL" "$C" 's/^  AMQP_URL:/  VARGPT_AMQP_URL:/' compose
+drift "compose worker sets the pre-rule AMQP_URL" "compose worker.*AMQP_URL" "$C" '/^x-vargpt-env/,/^$/ s/^  VARGPT_AMQP_URL:/  AMQP_URL:/' compose
 drift "compose worker sets VARGPT_METRICS_ADDR" "VARGPT_METRICS_ADDR" "$C" 's/^  VARGPT_HTTP_ADDR:/  VARGPT_METRICS_ADDR:/' compose
-drift "compose worker sets VARGPT_MAX_BATCH_SIZE" "VARGPT_MAX_BATCH_SIZE" "$C" 's/^  VARGPT_BATCH_MAX:/  VARGPT_MAX_BATCH_SIZE:/' compose
+drift "compose worker sets VARGPT_MAX_BATCH_SIZE" "VARGPT_MAX_BATCH_SIZE" "$C" 's/^  VARGPT_MAX_BATCH:/  VARGPT_MAX_BATCH_SIZE:/' compose
 drift "compose worker runs amqp" "'amqp'" "$C" 's/\["vargpt-worker", "serve"\]/["vargpt-worker", "amqp"]/' compose
-drift "compose dispatcher sets the worker's AMQP_URL" "dispatcher.*AMQP_URL" "$C" 's/^  VARGPT_AMQP_URL:/  AMQP_URL:/' compose
+drift "compose dispatcher sets the pre-rule AMQP_URL" "dispatcher.*AMQP_URL" "$C" '/^x-dispatcher-env/,/^$/ s/^  VARGPT_AMQP_URL:/  AMQP_URL:/' compose
 drift "compose dispatcher publishes to another queue" "VARGPT_JOB_QUEUE" "$C" 's/^  VARGPT_JOB_QUEUE: .*/  VARGPT_JOB_QUEUE: vargpt.jobs.dlq/' compose
 drift "Dockerfile CMD runs amqp" "'amqp'" "$D" 's/^CMD \["vargpt-worker", "serve"\]/CMD ["vargpt-worker", "amqp"]/' dockerfile
 drift "Dockerfile ENV VARGPT_METRICS_ADDR" "VARGPT_METRICS_ADDR" "$D" 's/VARGPT_HTTP_ADDR=0.0.0.0:9090/VARGPT_METRICS_ADDR=0.0.0.0:9090/' dockerfile
 drift "Dockerfile builds a feature the worker lacks" "vargpt-worker/ncl" "$D" 's#vargpt-worker/nccl#vargpt-worker/ncl#' dockerfile
 expect_fail "drift: chart envNames.httpAddr=VARGPT_METRICS_ADDR" "FAIL .*VARGPT_METRICS_ADDR" \
     contract_of_render envnames --set envNames.httpAddr=VARGPT_METRICS_ADDR
+expect_fail "drift: chart envNames.amqpUrl=AMQP_URL (pre-rule name)" "FAIL .*AMQP_URL" \
+    contract_of_render amqpurl --set envNames.amqpUrl=AMQP_URL
 expect_fail "drift: chart extraEnv VARGPT_SHUTDOWN_GRACE_SECONDS" "FAIL .*VARGPT_SHUTDOWN_GRACE_SECONDS" \
     contract_of_render extraenv --set 'worker.extraEnv[0].name=VARGPT_SHUTDOWN_GRACE_SECONDS' \
     --set-string 'worker.extraEnv[0].value=60'

@@ -177,9 +177,9 @@ GPU the device plugin gave the pod. Without it the worker runs on the CPU.
 {{- printf "%s.dead" .Values.worker.queuePrefix }}
 {{- end }}
 
-{{/* Batches in flight (VARGPT_CONCURRENCY): null = 8 on GPUs (feeds the continuous batcher), 1 on CPU. */}}
-{{- define "vargpt.concurrency" -}}
-{{- if kindIs "invalid" .Values.worker.concurrency }}{{ if .Values.gpu.enabled }}8{{ else }}1{{ end }}{{ else }}{{ int .Values.worker.concurrency }}{{ end }}
+{{/* Jobs a worker holds at once (VARGPT_MAX_BATCH): null = the worker's default, 32 on GPUs, 8 on CPU. */}}
+{{- define "vargpt.maxBatch" -}}
+{{- if kindIs "invalid" .Values.worker.maxBatch }}{{ if .Values.gpu.enabled }}32{{ else }}8{{ end }}{{ else }}{{ int .Values.worker.maxBatch }}{{ end }}
 {{- end }}
 
 {{/* True (non-empty) when the model is a hub id, not a path. */}}
@@ -205,18 +205,7 @@ GPU the device plugin gave the pod. Without it the worker runs on the CPU.
 Fail early on inconsistent values (rendered from the Deployment).
 */}}
 {{- define "vargpt.validateValues" -}}
-{{- /* Values of the chart's draft, renamed to follow the worker's configuration. */}}
-{{- $renamed := list
-  (list .Values.worker "jobQueue" "worker.jobQueue" "worker.queuePrefix (the worker consumes <prefix>.jobs)")
-  (list .Values.worker "maxBatchSize" "worker.maxBatchSize" "worker.concurrency, worker.batchMax and worker.engineBatch")
-  (list .Values.worker "device" "worker.device" "gpu.enabled (the worker uses the GPUs in VARGPT_DEVICES)")
-  (list .Values.s3 "forcePathStyle" "s3.forcePathStyle" "s3.pathStyle")
-  (list .Values.model.prefetch "revision" "model.prefetch.revision" "model.revision") }}
-{{- range $renamed }}
-{{- if hasKey (index . 0) (index . 1) }}
-{{- fail (printf "%s was renamed: use %s" (index . 2) (index . 3)) }}
-{{- end }}
-{{- end }}
+{{- /* Misspelt or renamed keys (e.g. the draft's worker.jobQueue) are refused by values.schema.json. */}}
 {{- if and (eq (toJson .Values.worker.command) (toJson (list "vargpt-worker"))) (ne (first (default (list "") .Values.worker.args)) "serve") }}
 {{- fail (printf "worker.args must start with the subcommand serve (vargpt-worker serve), got %v" .Values.worker.args) }}
 {{- end }}
