@@ -210,9 +210,13 @@ def rust_cli(crate: str) -> dict:
             for a in attrs:
                 if not re.match(r"\s*arg\s*\(", a):
                     continue
-                for env in ENV_ATTR.findall(a):
-                    res["env"][env] = {"field": field, "attr": a}
                 lm = re.search(r'\blong\s*=\s*"([^"]+)"', a)
+                # A plain (not Option / Vec / bool) field without a default is required.
+                required = not re.match(r"(Option|Vec)<", ty) and ty != "bool" \
+                    and not re.search(r"\bdefault_value|\brequired\s*=\s*false", a)
+                for env in ENV_ATTR.findall(a):
+                    res["env"][env] = {"field": field, "attr": a, "required": required,
+                                       "flag": (lm.group(1) if lm else _kebab(field)) if lm or "long" in a else None}
                 if lm or re.search(r"\blong\b(?!\s*=)", a):
                     flag = lm.group(1) if lm else _kebab(field)
                     takes_value = not (ty == "bool" and "ArgAction::Set" not in a) or "num_args" in a
@@ -343,6 +347,19 @@ def check_argv(label: str, cli: dict, argv: list, service_sub: str):
     return sub
 
 
+def check_required_env(label: str, cli: dict, sub, env: dict, argv: list) -> None:
+    """Arguments `sub` cannot start without (no default, e.g. --model): set as env var or flag."""
+    spec = cli["subcommands"].get(sub)
+    if not spec:
+        return
+    need = {e: i["flag"] for e, i in {**cli["top"]["env"], **spec["env"]}.items() if i.get("required")}
+    given = {str(a)[2:].split("=", 1)[0] for a in argv if str(a).startswith("--")}
+    missing = sorted(e for e, flag in need.items() if not env.get(e) and flag not in given)
+    exe = cli["bins"][0]
+    check(f"{label}: sets every argument `{exe} {sub}` requires ({', '.join(sorted(need))})", not missing,
+          f"missing {missing}: `{exe} {sub}` exits at start without them")
+
+
 def check_env_names(label: str, cli: dict, sub, names) -> None:
     """Every variable set on a container is one the binary (or a library it uses) reads."""
     exe = cli["bins"][0]
@@ -399,9 +416,11 @@ def check_compose_contract(c: dict, image_cmd=None) -> None:
     wcli, dcli = worker_cli(), dispatcher_cli()
     wenv = {}
     if check("compose: has a worker service", worker is not None):
-        sub = check_argv("compose worker", wcli, compose_argv(worker, image_cmd), "serve")
+        argv = compose_argv(worker, image_cmd)
+        sub = check_argv("compose worker", wcli, argv, "serve")
         wenv = compose_env(worker)
         check_env_names("compose worker", wcli, sub, wenv)
+        check_required_env("compose worker", wcli, sub, wenv, argv)
     if check("compose: has a dispatcher service", disp is not None):
         sub = check_argv("compose dispatcher", dcli, compose_argv(disp, image_cmd), "run")
         denv = compose_env(disp)
@@ -452,6 +471,14 @@ def check_manifest_contract(name: str, docs: list) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     check(f"{name}: worker container sets each variable once", not dup, f"set twice (which wins?): {dup}")
     check_env_names(f"{name}: worker container", wcli, sub, names)
+    rendered = {n: "<set>" for n in names}
+    for e in c.get("env", []):
+        if "value" in e:
+            rendered[e["name"]] = e["value"]
+    for ef in c.get("envFrom", []):
+        cm = cms.get((ef.get("configMapRef") or {}).get("name"))
+        rendered.update({ef.get("prefix", "") + k: v for k, v in ((cm or {}).get("data") or {}).items()})
+    check_required_env(f"{name}: worker container", wcli, sub, rendered, argv)
     if opaque:
         print(f"note  {name}: not rendered, names unchecked: {', '.join(opaque)}", flush=True)
 

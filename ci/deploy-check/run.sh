@@ -251,6 +251,7 @@ expect_fail "draft value worker.maxBatchSize (schema)" "Additional property maxB
 expect_fail "draft value s3.forcePathStyle (schema)" "Additional property forcePathStyle" "${T[@]}" --set s3.forcePathStyle=true
 expect_fail "draft subcommand: worker.args=[amqp]" "subcommand serve" "${T[@]}" --set 'worker.args={amqp}'
 expect_fail "queue prefix with a space" "queuePrefix" "${T[@]}" --set 'worker.queuePrefix=my jobs'
+expect_fail "empty model.source (serve has no default model)" "model.source" "${T[@]}" --set model.source=
 
 section "Helm chart: values.schema.json is strict (a misspelt key is refused)"
 run_counted "$PY" "$HERE/values_schema.py"
@@ -296,6 +297,7 @@ drift "compose worker sets the pre-rule AMQP_URL" "compose worker.*AMQP_URL" "$C
 drift "compose worker sets VARGPT_METRICS_ADDR" "VARGPT_METRICS_ADDR" "$C" 's/^  VARGPT_HTTP_ADDR:/  VARGPT_METRICS_ADDR:/' compose
 drift "compose worker sets VARGPT_MAX_BATCH_SIZE" "VARGPT_MAX_BATCH_SIZE" "$C" 's/^  VARGPT_MAX_BATCH:/  VARGPT_MAX_BATCH_SIZE:/' compose
 drift "compose worker runs amqp" "'amqp'" "$C" 's/\["vargpt-worker", "serve"\]/["vargpt-worker", "amqp"]/' compose
+drift "compose worker without a model (serve requires --model)" "requires.*VARGPT_MODEL" "$C" '/^  VARGPT_MODEL:/d' compose
 drift "compose dispatcher sets the pre-rule AMQP_URL" "dispatcher.*AMQP_URL" "$C" '/^x-dispatcher-env/,/^$/ s/^  VARGPT_AMQP_URL:/  AMQP_URL:/' compose
 drift "compose dispatcher publishes to another queue" "VARGPT_JOB_QUEUE" "$C" 's/^  VARGPT_JOB_QUEUE: .*/  VARGPT_JOB_QUEUE: vargpt.jobs.dlq/' compose
 drift "Dockerfile CMD runs amqp" "'amqp'" "$D" 's/^CMD \["vargpt-worker", "serve"\]/CMD ["vargpt-worker", "amqp"]/' dockerfile
