@@ -1304,7 +1304,7 @@ def cmd_k8s(args) -> None:
     # The worker's CLI: subcommand, flags and every variable name (crates/vargpt-worker/src).
     check_manifest_contract(name, docs)
     must = [n[k] for k in ("queuePrefix", "model", "s3Bucket", "awsRegion", "httpAddr", "tensorParallel",
-                           "maxBatch", "maxBatchTokens", "shutdownGraceSecs",
+                           "maxBatch", "maxBatchTokens", "shutdownGraceSecs", "jobTimeoutSecs",
                            "logFormat", "logLevel", "hfHome", "s3PathStyle")]
     check(f"{name}: worker gets every required setting as an env var", all(k in env for k in must),
           f"missing {[k for k in must if k not in env]}")
@@ -1394,6 +1394,9 @@ def cmd_k8s(args) -> None:
     grace = int(env.get(n["shutdownGraceSecs"], "0"))
     tgps = spec.get("terminationGracePeriodSeconds", 30)
     check(f"{name}: terminationGracePeriodSeconds ({tgps}) > VARGPT_SHUTDOWN_GRACE_SECS ({grace})", tgps > grace)
+    job_timeout = int(env.get(n["jobTimeoutSecs"], "0"))
+    check(f"{name}: {n['jobTimeoutSecs']} ({job_timeout}) <= {n['shutdownGraceSecs']} ({grace}): "
+          "a job in flight at SIGTERM can finish before the pod is killed", 0 < job_timeout <= grace)
     check(f"{name}: preStop drain hook", bool(((c.get("lifecycle") or {}).get("preStop") or {})))
     http_addr = str(env.get(n["httpAddr"], ":0"))
     port = int(http_addr.rsplit(":", 1)[-1])
