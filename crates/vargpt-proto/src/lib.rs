@@ -18,6 +18,7 @@ pub mod limits;
 pub mod result;
 pub mod schema;
 pub mod validate;
+pub mod wire;
 
 pub use code::ErrorCode;
 pub use job::{ImageInput, Job, JobKind, SamplingParams};
