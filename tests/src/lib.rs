@@ -6,13 +6,21 @@
 //! * [`broker`]: a test client for RabbitMQ (publish jobs, collect results and
 //!   dead letters, force-close a worker's connection, clean up).
 //! * [`worker`]: a worker child process with its logs kept for failures.
+//! * [`cluster`]: a 3-node RabbitMQ cluster (`tests/cluster/cluster.sh`)
+//!   whose nodes a test may kill -9 and restart.
+//! * [`faultproxy`]: a loopback TCP proxy that drops, stalls or half-opens
+//!   the connections running through it.
+//! * [`tally`]: every result per job id, for counting lost jobs and duplicates.
 //!
 //! Every test uses its own queue prefix ([`unique_prefix`]) so tests run in
 //! parallel against one broker without seeing each other's messages.
 
 pub mod broker;
+pub mod cluster;
+pub mod faultproxy;
 pub mod http;
 pub mod services;
+pub mod tally;
 pub mod worker;
 
 use std::path::PathBuf;
