@@ -83,6 +83,7 @@ pub mod act;
 pub mod attn;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod conv;
 mod par;
 mod scalar;
 pub mod sgemm;
