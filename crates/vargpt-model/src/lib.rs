@@ -14,7 +14,7 @@ pub mod model;
 pub mod model_dir;
 pub mod nn;
 pub mod projector;
-pub mod store;
+pub mod safetensors_mmap;
 pub mod text;
 pub mod tp;
 #[cfg(feature = "nccl")]

@@ -8,13 +8,13 @@
 
 use crate::error::{ModelError, Result};
 use crate::manifest::TensorSpec;
-use crate::store::Store;
+use crate::safetensors_mmap::MappedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub struct Weights {
-    st: Store,
+    st: MappedSafetensors,
     specs: HashMap<String, TensorSpec>,
     dtype: DType,
     /// Dtype of the big linear-layer weights; may differ from the compute dtype
@@ -86,7 +86,7 @@ impl Weights {
                 )));
             }
         }
-        let st = Store::open(&files)?;
+        let st = MappedSafetensors::open(&files)?;
         let specs: HashMap<String, TensorSpec> =
             specs.into_iter().map(|s| (s.name.clone(), s)).collect();
         let mut stored_bytes = 0;

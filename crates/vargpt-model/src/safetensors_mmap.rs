@@ -1,4 +1,5 @@
-//! The memory-mapped safetensors files of a checkpoint.
+//! The memory-mapped safetensors files of a checkpoint (the reader under
+//! [`crate::weights::Weights`], which checks names and shapes against the manifest).
 //!
 //! Tensors are copied out of the mapping one at a time and the pages they came
 //! from are handed back to the kernel right away (`MADV_DONTNEED` on a read-only
@@ -36,7 +37,8 @@ impl Entry {
     }
 }
 
-pub struct Store {
+/// The tensors of one or more mapped safetensors files, by name.
+pub struct MappedSafetensors {
     files: Vec<File>,
     entries: HashMap<String, Entry>,
 }
@@ -53,7 +55,7 @@ pub fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {
     })
 }
 
-impl Store {
+impl MappedSafetensors {
     /// Maps every file and reads its header. A name in several files: the last wins.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
