@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use vargpt_engine::generate::{self, Observer};
 use vargpt_engine::{Engine, RecordedNoise, Request, SamplingParams, Task};
 
@@ -19,16 +19,28 @@ pub fn fixture() -> PathBuf {
 pub struct Golden {
     tensors: HashMap<String, Tensor>,
     json: serde_json::Value,
+    dir: PathBuf,
 }
 
 impl Golden {
     pub fn load() -> Self {
-        let dir = fixture();
+        Self::load_from(&fixture())
+    }
+    /// The golden data of another fixture directory (e.g. `reference-shapes`).
+    pub fn load_from(dir: &Path) -> Self {
         let tensors =
             candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
         let json = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
             .unwrap();
-        Self { tensors, json }
+        Self {
+            tensors,
+            json,
+            dir: dir.to_path_buf(),
+        }
+    }
+    /// The fixture directory (test image, reference PNGs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
     pub fn t(&self, name: &str) -> Tensor {
         self.tensors
@@ -104,8 +116,11 @@ pub fn tensor_vec(t: &Tensor) -> Vec<f32> {
 }
 
 pub fn pixel_values_match_clip_image_processor(e: &Engine) {
-    let g = Golden::load();
-    let bytes = std::fs::read(fixture().join("test_image.png")).unwrap();
+    pixel_values_match_clip_image_processor_with(e, &Golden::load());
+}
+
+pub fn pixel_values_match_clip_image_processor_with(e: &Engine, g: &Golden) {
+    let bytes = std::fs::read(g.dir().join("test_image.png")).unwrap();
     let pv = tensor_vec(&e.pixel_values(&bytes).unwrap());
     let want = g.f32s("pixel_values");
     let (mx, mn) = (max_abs(&pv, &want), mean_abs(&pv, &want));
@@ -114,7 +129,10 @@ pub fn pixel_values_match_clip_image_processor(e: &Engine) {
 }
 
 pub fn image_features_match(e: &Engine) {
-    let g = Golden::load();
+    image_features_match_with(e, &Golden::load());
+}
+
+pub fn image_features_match_with(e: &Engine, g: &Golden) {
     let f = tensor_vec(
         &e.model()
             .image_features(&on_device(e, g.t("pixel_values")))
@@ -126,7 +144,10 @@ pub fn image_features_match(e: &Engine) {
 }
 
 pub fn prompts_and_token_ids_match(e: &Engine) {
-    let g = Golden::load();
+    prompts_and_token_ids_match_with(e, &Golden::load());
+}
+
+pub fn prompts_and_token_ids_match_with(e: &Engine, g: &Golden) {
     for case in ["caption", "vqa", "text"] {
         let c = g.case(case);
         let with_image = !c["image"].is_null();
@@ -152,8 +173,11 @@ pub fn prompts_and_token_ids_match(e: &Engine) {
 }
 
 pub fn prefill_logits_and_greedy_tokens_match(e: &Engine) {
-    let g = Golden::load();
-    let bytes = std::fs::read(fixture().join("test_image.png")).unwrap();
+    prefill_logits_and_greedy_tokens_match_with(e, &Golden::load());
+}
+
+pub fn prefill_logits_and_greedy_tokens_match_with(e: &Engine, g: &Golden) {
+    let bytes = std::fs::read(g.dir().join("test_image.png")).unwrap();
     for (case, logits_name) in [
         ("caption", "caption_prefill_logits"),
         ("vqa", "vqa_prefill_logits"),
@@ -255,9 +279,12 @@ pub fn recorded_noise(g: &Golden) -> Vec<Vec<f32>> {
 }
 
 pub fn text_to_image_cfg0_is_exact(e: &Engine) {
-    let g = Golden::load();
-    let noise = recorded_noise(&g);
-    let (r, log) = run_generation(e, &g, 0.0, noise);
+    text_to_image_cfg0_is_exact_with(e, &Golden::load());
+}
+
+pub fn text_to_image_cfg0_is_exact_with(e: &Engine, g: &Golden) {
+    let noise = recorded_noise(g);
+    let (r, log) = run_generation(e, g, 0.0, noise);
     assert_eq!(
         r.positions as u64,
         g.case("generate")["llm_cache_len_after"].as_u64().unwrap()
@@ -267,7 +294,7 @@ pub fn text_to_image_cfg0_is_exact(e: &Engine) {
     let err = max_abs(&log.image, &g.f32s("gen_cfg0_image"));
     println!("cfg0 image: max|Δ| = {err:.3e}");
     assert!(err <= 1e-3);
-    let png = image::open(fixture().join("reference_image_cfg0.png"))
+    let png = image::open(g.dir().join("reference_image_cfg0.png"))
         .unwrap()
         .to_rgb8();
     assert_eq!((img.width, img.height), png.dimensions());
@@ -298,9 +325,13 @@ fn byte_diff(a: &[u8], b: &[u8]) -> (usize, u8) {
 }
 
 pub fn text_to_image_cfg15_with_recorded_noise_matches(e: &Engine) {
-    let g = Golden::load();
-    let (r, log) = run_generation(e, &g, 1.5, recorded_noise(&g));
-    assert_eq!(log.logits.len(), 4);
+    text_to_image_cfg15_with_recorded_noise_matches_with(e, &Golden::load());
+}
+
+pub fn text_to_image_cfg15_with_recorded_noise_matches_with(e: &Engine, g: &Golden) {
+    let (r, log) = run_generation(e, g, 1.5, recorded_noise(g));
+    let stages = g.case("generate")["stages"].as_u64().unwrap() as usize;
+    assert_eq!(log.logits.len(), stages);
     for (k, logits) in log.logits.iter().enumerate() {
         assert_logits_close(
             &format!("gen_stage{k}_logits"),
@@ -314,7 +345,7 @@ pub fn text_to_image_cfg15_with_recorded_noise_matches(e: &Engine) {
     let ie = max_abs(&log.image, &g.f32s("gen_image"));
     println!("cfg1.5 f_hat: max|Δ| = {fe:.3e}, image: max|Δ| = {ie:.3e}");
     assert!(fe <= 1e-3 && ie <= 1e-3);
-    let png = image::open(fixture().join("reference_image_cfg1.5.png"))
+    let png = image::open(g.dir().join("reference_image_cfg1.5.png"))
         .unwrap()
         .to_rgb8();
     let (differ, max_level) = byte_diff(&img.rgb, png.as_raw());
@@ -326,7 +357,10 @@ pub fn text_to_image_cfg15_with_recorded_noise_matches(e: &Engine) {
 }
 
 pub fn vqvae_decode_matches(e: &Engine) {
-    let g = Golden::load();
+    vqvae_decode_matches_with(e, &Golden::load());
+}
+
+pub fn vqvae_decode_matches_with(e: &Engine, g: &Golden) {
     let vq = &e.model().vqvae;
     let fhat = vq.codes_to_fhat(&g.codes("vq_codes")).unwrap();
     let img = tensor_vec(&vq.decode(&fhat).unwrap());
