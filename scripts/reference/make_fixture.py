@@ -28,7 +28,7 @@ the buffers the model registers (lvl_1L, attn_bias_for_masking, zero_k_bias,
 ema_vocab_hit_SV) are copied from the authors' model into buffers.safetensors.
 
 The authors' code is imported from --vargpt-src, never copied, and run as
-/bench/reference_bench.py runs it (float32, CPU, the same build_vae_vargpt_v1
+bench/reference_bench.py runs it (float32, CPU, the same build_vae_vargpt_v1
 patch that reads `var_config`). What the golden data needs beyond that is done
 by wrapping, not editing: the VAR sampler is replaced by argmax (top-k 1) that
 records the CFG-mixed logits, torch.randn is wrapped to record the CFG noise,
