@@ -26,6 +26,7 @@ proto_enum! {
         StorageUnavailable = 20 => "storage_unavailable",
         StorageError = 21 => "storage_error",
         Internal = 22 => "internal",
+        JobTimeout = 23 => "job_timeout",
     }
 }
 
@@ -63,6 +64,7 @@ impl ErrorCode {
             StorageUnavailable => "object storage failed transiently, and every retry failed too",
             StorageError => "object storage refused the request (e.g. access denied)",
             Internal => "a bug in the worker",
+            JobTimeout => "the job ran longer than the worker's time bound and was stopped",
         }
     }
 }

@@ -11,7 +11,9 @@
 #[macro_use]
 mod enum_macro;
 
+pub mod bounded;
 pub mod code;
+pub mod exit_code;
 pub mod job;
 pub mod json;
 pub mod limits;

@@ -96,10 +96,11 @@ pub struct ErrorInfo {
 }
 
 impl ErrorInfo {
+    /// The message is bounded and escaped ([`crate::bounded`]).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ErrorInfo {
             code,
-            message: message.into(),
+            message: crate::bounded::message(&message.into()),
             retryable: code.is_transient(),
         }
     }

@@ -43,10 +43,11 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
+    /// The message is bounded and escaped: it may quote hostile input.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ValidationError {
             code,
-            message: message.into(),
+            message: crate::bounded::message(&message.into()),
         }
     }
 }
@@ -144,17 +145,18 @@ fn precheck(value: &Value) -> Result<(), ValidationError> {
 }
 
 fn hints_of(value: &Value) -> JobHints {
-    // Echo only short strings: an error result must not amplify junk input.
+    // Echo only short, inert strings: an error result (and its headers and
+    // log lines) must not amplify or inject junk input.
     let short = |key: &str, alt: &str| {
         value
             .get(key)
             .or_else(|| value.get(alt))
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 255)
+            .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control))
             .map(str::to_owned)
     };
     JobHints {
-        id: short("id", "id"),
+        id: short("id", "id").filter(|id| check_id(id).is_ok()),
         kind: match value.get("kind") {
             Some(Value::String(s)) => JobKind::from_name(s),
             Some(Value::Number(n)) => n.as_i64().and_then(JobKind::from_number),
@@ -215,6 +217,12 @@ fn validate(job: Job, limits: &Limits) -> Result<ValidJob, ValidationError> {
             return Err(ValidationError::new(
                 ErrorCode::InvalidField,
                 format!("{name} is longer than 255 bytes"),
+            ));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                ErrorCode::InvalidField,
+                format!("{name} has control characters"),
             ));
         }
         Ok((!v.is_empty()).then_some(v))

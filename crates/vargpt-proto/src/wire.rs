@@ -16,6 +16,10 @@
 /// (`--queue-prefix` / `VARGPT_QUEUE_PREFIX`).
 pub const DEFAULT_PREFIX: &str = "vargpt";
 
+/// The jobs queue of [`DEFAULT_PREFIX`], for `const` contexts (checked
+/// against [`Names::jobs_queue`] by a test).
+pub const DEFAULT_JOBS_QUEUE: &str = "vargpt.jobs";
+
 /// Routing key of dead letters on the dead-letter exchange.
 pub const DEAD_ROUTING_KEY: &str = "dead";
 
@@ -117,6 +121,11 @@ impl Names {
         format!("{}.dead", self.prefix)
     }
 
+    /// A dispatcher's durable reply queue, `{p}.dispatch.{tag}`.
+    pub fn dispatch_reply_queue(&self, tag: &str) -> String {
+        format!("{}.dispatch.{tag}", self.prefix)
+    }
+
     /// The delay queue of a retry after `delay_ms` milliseconds. Queue
     /// arguments are part of a queue's identity, so what they set is in the
     /// name: the delay, and `quorum` (before it these queues were classic).
@@ -150,7 +159,9 @@ mod tests {
         assert_eq!(n.dead_queue(), "t.dead");
         assert_eq!(n.retry_queue(250), "t.jobs.retry.250ms.quorum");
         assert_eq!(n.suspect_queue(), "t.jobs.suspect");
+        assert_eq!(n.dispatch_reply_queue("ab12"), "t.dispatch.ab12");
         assert_eq!(Names::default().jobs_queue(), "vargpt.jobs");
+        assert_eq!(Names::default().jobs_queue(), DEFAULT_JOBS_QUEUE);
         assert_eq!(Names::default().prefix(), DEFAULT_PREFIX);
     }
 

@@ -27,6 +27,12 @@ pub trait Backend: Send + Sync {
     fn run_batch(&self, reqs: &[Request]) -> Vec<Result<Response, EngineError>> {
         reqs.iter().map(|r| self.run(r)).collect()
     }
+
+    /// False once the backend can never answer again (its engine thread
+    /// died): the worker then stops taking jobs and restarts.
+    fn is_alive(&self) -> bool {
+        true
+    }
 }
 
 impl Backend for Engine {
@@ -45,13 +51,16 @@ impl Backend for Engine {
 pub struct BatchingEngine {
     model_id: String,
     scheduler: Scheduler,
+    /// Each job's time bound, counted from its submission.
+    job_timeout: Option<Duration>,
 }
 
 impl BatchingEngine {
-    pub fn new(engine: Arc<Engine>, cfg: BatchConfig) -> Self {
+    pub fn new(engine: Arc<Engine>, cfg: BatchConfig, job_timeout: Option<Duration>) -> Self {
         Self {
             model_id: engine.model_id().to_string(),
             scheduler: Scheduler::spawn(engine, cfg),
+            job_timeout,
         }
     }
 }
@@ -61,9 +70,13 @@ impl Backend for BatchingEngine {
         &self.model_id
     }
 
+    fn is_alive(&self) -> bool {
+        self.scheduler.is_alive()
+    }
+
     fn run(&self, req: &Request) -> Result<Response, EngineError> {
         self.scheduler
-            .submit(req.clone())
+            .submit_within(req.clone(), self.job_timeout)
             .recv()
             .map_err(|_| EngineError::Inference("batching thread stopped".into()))?
     }
@@ -71,7 +84,7 @@ impl Backend for BatchingEngine {
     fn run_batch(&self, reqs: &[Request]) -> Vec<Result<Response, EngineError>> {
         let pending: Vec<_> = reqs
             .iter()
-            .map(|r| self.scheduler.submit(r.clone()))
+            .map(|r| self.scheduler.submit_within(r.clone(), self.job_timeout))
             .collect();
         pending
             .into_iter()
@@ -83,12 +96,23 @@ impl Backend for BatchingEngine {
     }
 }
 
+/// How the engine runs the jobs it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    /// Most jobs stepped together (`--max-batch`, unless the deprecated
+    /// `--engine-batch` says otherwise).
+    pub max_batch: usize,
+    /// Longest a job may run in the engine.
+    pub job_timeout: Duration,
+}
+
 /// Loads the configured backend off the async threads, and records the load
 /// time and `vargpt_build_info`.
 pub async fn load(
     args: &ModelArgs,
     limits: &Limits,
     max_prompt_tokens: usize,
+    settings: EngineSettings,
     metrics: &Metrics,
 ) -> Result<Arc<dyn Backend>, EngineError> {
     let started = Instant::now();
@@ -121,10 +145,11 @@ pub async fn load(
         Arc::new(BatchingEngine::new(
             Arc::new(engine),
             BatchConfig {
-                max_batch: args.engine_batch.max(1),
+                max_batch: args.engine_batch.unwrap_or(settings.max_batch).max(1),
                 max_tokens_per_step: args.max_batch_tokens.max(1),
                 on_step: Some(Arc::new(move |n| steps.observe(n as f64))),
             },
+            Some(settings.job_timeout),
         ))
     };
     let secs = started.elapsed().as_secs_f64();

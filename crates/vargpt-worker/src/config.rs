@@ -61,12 +61,9 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory or Hugging Face hub id.
-    #[arg(
-        long,
-        env = "VARGPT_MODEL",
-        default_value = "tests/fixtures/reference-tiny"
-    )]
+    /// Model directory or Hugging Face hub id (required: there is no default
+    /// model; the published one is VARGPT-family/VARGPT_LLaVA-v1).
+    #[arg(long, env = "VARGPT_MODEL")]
     pub model: String,
     /// Hub revision when --model is a hub id.
     #[arg(long, env = "VARGPT_MODEL_REVISION")]
@@ -85,10 +82,9 @@ pub struct ModelArgs {
     /// `--tp` consecutive GPUs from --cuda-device or 0).
     #[arg(long, env = "VARGPT_DEVICES", value_delimiter = ',')]
     pub devices: Vec<usize>,
-    /// Continuous batching: most jobs the engine steps together (jobs in flight
-    /// come from --concurrency × --batch-max).
-    #[arg(long, env = "VARGPT_ENGINE_BATCH", default_value_t = 8)]
-    pub engine_batch: usize,
+    /// Deprecated: `--max-batch` sets the engine's batch too.
+    #[arg(long, env = "VARGPT_ENGINE_BATCH", hide = true)]
+    pub engine_batch: Option<usize>,
     /// Continuous batching: most new tokens per engine step (prompts count whole).
     #[arg(long, env = "VARGPT_MAX_BATCH_TOKENS", default_value_t = 4096)]
     pub max_batch_tokens: usize,
@@ -103,6 +99,13 @@ pub struct ModelArgs {
         default_value_t = 0
     )]
     pub fake_load_delay_ms: u64,
+}
+
+impl ModelArgs {
+    /// Whether the engine runs on a GPU (decides defaults such as the batch).
+    pub fn on_gpu(&self) -> bool {
+        self.cuda_device.is_some() || !self.devices.is_empty()
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,17 +136,25 @@ pub struct LimitArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct PipelineArgs {
-    /// Batches processed at the same time.
-    #[arg(long, env = "VARGPT_CONCURRENCY", default_value_t = 1)]
-    pub concurrency: u32,
-    /// Most jobs handed to the model in one call (only jobs already waiting
-    /// are batched; a lone job never waits).
-    #[arg(long, env = "VARGPT_BATCH_MAX", default_value_t = 1)]
-    pub batch_max: u32,
+    /// Most jobs this worker holds at once. They run together: the engine
+    /// steps them as one continuous batch, each leaving as soon as it is
+    /// done, and the broker prefetch follows. Default 8 on CPU, 32 on GPU.
+    #[arg(long, env = "VARGPT_MAX_BATCH")]
+    pub max_batch: Option<u32>,
+    /// Deprecated (with --batch-max): use --max-batch.
+    #[arg(long, env = "VARGPT_CONCURRENCY", hide = true)]
+    pub concurrency: Option<u32>,
+    /// Deprecated: use --max-batch.
+    #[arg(long, env = "VARGPT_BATCH_MAX", hide = true)]
+    pub batch_max: Option<u32>,
+    /// Longest a job may run in the engine, seconds; past it the job gets
+    /// an error result and its slot is freed.
+    #[arg(long, env = "VARGPT_JOB_TIMEOUT_SECS", default_value_t = 1200)]
+    pub job_timeout_secs: u64,
     /// Name in results, logs and the broker connection; default host-pid.
     #[arg(long, env = "VARGPT_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Key prefix of generated images: `{prefix}{job id}.png`.
+    /// Key prefix of generated images: `{prefix}{job id}-{request digest}.png`.
     #[arg(long, env = "VARGPT_IMAGE_PREFIX", default_value = "images/")]
     pub image_prefix: String,
 }
@@ -159,13 +170,14 @@ pub struct ServeArgs {
 
     /// Broker URL, amqp:// or amqps:// (carries credentials: prefer the env
     /// var or --amqp-url-file). Default amqp://127.0.0.1:5672/%2f.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    /// Several brokers of one cluster: a comma-separated list, tried in turn.
+    #[arg(long, env = "VARGPT_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
-    /// File holding the broker URL (a mounted secret); wins over AMQP_URL.
-    #[arg(long, env = "AMQP_URL_FILE")]
+    /// File holding the broker URL (a mounted secret); wins over VARGPT_AMQP_URL.
+    #[arg(long, env = "VARGPT_AMQP_URL_FILE")]
     pub amqp_url_file: Option<PathBuf>,
     /// PEM file of extra CA certificates for amqps://.
-    #[arg(long, env = "AMQP_CA_FILE")]
+    #[arg(long, env = "VARGPT_AMQP_CA_FILE")]
     pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "VARGPT_QUEUE_PREFIX", default_value = "vargpt")]
@@ -184,6 +196,23 @@ pub struct ServeArgs {
     /// Unacked messages the broker may push ahead; default concurrency × batch-max.
     #[arg(long, env = "VARGPT_PREFETCH")]
     pub prefetch: Option<u16>,
+    /// Longest wait for the broker to confirm a publish (or open a channel),
+    /// seconds; past it the broker counts as stalled and readiness fails.
+    #[arg(long, env = "VARGPT_BROKER_TIMEOUT_SECS", default_value_t = 30)]
+    pub broker_timeout_secs: u64,
+    /// The broker's `consumer_timeout` (RabbitMQ's default: 30 min): a
+    /// delivery unacked for longer closes the worker's channel. The job time
+    /// bound must stay below it; raise both together in rabbitmq.conf.
+    #[arg(
+        long,
+        env = "VARGPT_BROKER_CONSUMER_TIMEOUT_SECS",
+        default_value_t = 1800
+    )]
+    pub broker_consumer_timeout_secs: u64,
+    /// Dead-letter jobs whose deadline passed before they ran (default: they
+    /// get their `deadline_exceeded` result and are acked).
+    #[arg(long, env = "VARGPT_DEAD_LETTER_EXPIRED", default_value_t = false, action = ArgAction::Set)]
+    pub dead_letter_expired: bool,
     /// Longest pause between reconnection attempts, ms.
     #[arg(
         long,
@@ -296,13 +325,51 @@ impl PipelineArgs {
         })
     }
 
+    /// The default `--max-batch`: what one engine steps well together.
+    pub fn default_max_batch(on_gpu: bool) -> u32 {
+        if on_gpu {
+            32
+        } else {
+            8
+        }
+    }
+
+    /// (batches in flight, jobs per pipeline batch). One knob: every job is
+    /// its own pipeline batch and the engine batches them, so a job settles
+    /// the moment it is done. The deprecated pair still wins when given.
+    pub fn slots(&self, on_gpu: bool) -> (u32, u32) {
+        if self.max_batch.is_none() && (self.concurrency.is_some() || self.batch_max.is_some()) {
+            return (self.concurrency.unwrap_or(1), self.batch_max.unwrap_or(1));
+        }
+        (self.max_batch(on_gpu), 1)
+    }
+
+    /// How many jobs the worker holds at once.
+    pub fn max_batch(&self, on_gpu: bool) -> u32 {
+        self.max_batch
+            .unwrap_or_else(|| match (self.concurrency, self.batch_max) {
+                (None, None) => Self::default_max_batch(on_gpu),
+                (c, b) => c.unwrap_or(1) * b.unwrap_or(1),
+            })
+    }
+
     pub fn check(&self) -> Result<(), ConfigError> {
-        if self.batch_max == 0 || self.batch_max > 64 {
+        if self.max_batch.is_some_and(|n| n == 0 || n > 256) {
+            return Err(ConfigError::Invalid(
+                "--max-batch must be in 1..=256".into(),
+            ));
+        }
+        if self.batch_max.is_some_and(|n| n == 0 || n > 64) {
             return Err(ConfigError::Invalid("--batch-max must be in 1..=64".into()));
         }
-        if self.concurrency == 0 || self.concurrency > 256 {
+        if self.concurrency.is_some_and(|n| n == 0 || n > 256) {
             return Err(ConfigError::Invalid(
                 "--concurrency must be in 1..=256".into(),
+            ));
+        }
+        if self.max_batch.is_some() && (self.concurrency.is_some() || self.batch_max.is_some()) {
+            return Err(ConfigError::Invalid(
+                "--max-batch replaces --concurrency and --batch-max: give only --max-batch".into(),
             ));
         }
         Ok(())
@@ -310,7 +377,7 @@ impl PipelineArgs {
 }
 
 impl ServeArgs {
-    /// The broker URL: the secret file, else AMQP_URL / --amqp-url, else local.
+    /// The broker URL: the secret file, else VARGPT_AMQP_URL / --amqp-url, else local.
     pub fn amqp_url(&self) -> Result<Secret, ConfigError> {
         if let Some(path) = &self.amqp_url_file {
             let s = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
@@ -354,11 +421,14 @@ impl ServeArgs {
             .collect()
     }
 
+    /// Default: the jobs the worker holds (`--max-batch`), so every slot
+    /// has its next job at hand and none waits in this worker's buffer.
     pub fn prefetch(&self) -> u16 {
         self.prefetch
             .unwrap_or_else(|| {
-                (self.pipeline.concurrency * self.pipeline.batch_max).min(u32::from(u16::MAX))
-                    as u16
+                self.pipeline
+                    .max_batch(self.model.on_gpu())
+                    .min(u32::from(u16::MAX)) as u16
             })
             .max(1)
     }
@@ -381,6 +451,15 @@ impl ServeArgs {
             ));
         }
         self.retry_delays()?;
+        let job = self.pipeline.job_timeout_secs;
+        if job == 0 || job >= self.broker_consumer_timeout_secs {
+            return Err(ConfigError::Invalid(format!(
+                "--job-timeout-secs ({job}) must be positive and below the broker's consumer \
+                 timeout (--broker-consumer-timeout-secs {}); raise consumer_timeout in \
+                 rabbitmq.conf first",
+                self.broker_consumer_timeout_secs
+            )));
+        }
         if self.s3_bucket.is_empty() {
             return Err(ConfigError::Invalid(
                 "--s3-bucket / VARGPT_S3_BUCKET is required".into(),
@@ -402,13 +481,25 @@ mod tests {
 
     #[test]
     fn serve_defaults_parse() {
-        let cli = Cli::try_parse_from(["vargpt-worker", "serve", "--s3-bucket", "out"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "vargpt-worker",
+            "serve",
+            "--s3-bucket",
+            "out",
+            "--model",
+            "m",
+        ])
+        .unwrap();
         let Command::Serve(args) = cli.command else {
             panic!()
         };
         args.check().unwrap();
         assert_eq!(args.retry_delays().unwrap().len(), 3);
-        assert_eq!(args.prefetch(), 1);
+        // Batching by default: 8 jobs held on CPU, each its own pipeline
+        // batch, the prefetch following.
+        assert_eq!(args.pipeline.slots(false), (8, 1));
+        assert_eq!(args.prefetch(), 8);
+        assert_eq!(args.pipeline.slots(true), (32, 1));
         assert_eq!(
             args.limits.limits(Some("out")).unwrap().allowed_buckets,
             vec!["out".to_string()]
@@ -418,9 +509,17 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert!(args.s3_path_style);
-        let none =
-            Cli::try_parse_from(["w", "serve", "--s3-bucket", "out", "--retry-delays-ms", ""])
-                .unwrap();
+        let none = Cli::try_parse_from([
+            "w",
+            "serve",
+            "--s3-bucket",
+            "out",
+            "--model",
+            "m",
+            "--retry-delays-ms",
+            "",
+        ])
+        .unwrap();
         let Command::Serve(none) = none.command else {
             panic!()
         };
@@ -430,6 +529,8 @@ mod tests {
             "serve",
             "--s3-bucket",
             "out",
+            "--model",
+            "m",
             "--retry-delays-ms",
             "5,x",
         ])
@@ -438,5 +539,31 @@ mod tests {
             panic!()
         };
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn serve_needs_a_model() {
+        std::env::remove_var("VARGPT_MODEL");
+        assert!(Cli::try_parse_from(["w", "serve", "--s3-bucket", "out"]).is_err());
+    }
+
+    #[test]
+    fn max_batch_is_the_one_knob_and_old_flags_still_work() {
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["w", "serve", "--s3-bucket", "o", "--model", "m"];
+            a.extend_from_slice(extra);
+            let Command::Serve(s) = Cli::try_parse_from(a).unwrap().command else {
+                panic!()
+            };
+            s
+        };
+        let s = parse(&["--max-batch", "4"]);
+        assert_eq!((s.pipeline.slots(true), s.prefetch()), ((4, 1), 4));
+        let s = parse(&["--concurrency", "2", "--batch-max", "3"]);
+        assert_eq!((s.pipeline.slots(false), s.prefetch()), ((2, 3), 6));
+        assert!(parse(&["--max-batch", "4", "--concurrency", "2"])
+            .check()
+            .is_err());
+        assert!(parse(&["--max-batch", "0"]).check().is_err());
     }
 }

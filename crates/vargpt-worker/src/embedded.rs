@@ -40,10 +40,17 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<Summary> {
     let shutdown = crate::shutdown::on_signals().context("installing signal handlers")?;
 
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let on_gpu = args.model.on_gpu();
+    let (concurrency, batch_max) = args.pipeline.slots(on_gpu);
+    let engine = crate::backend::EngineSettings {
+        max_batch: args.pipeline.max_batch(on_gpu) as usize,
+        job_timeout: Duration::from_secs(args.pipeline.job_timeout_secs),
+    };
     let backend = crate::backend::load(
         &args.model,
         &limits,
         args.limits.max_prompt_tokens,
+        engine,
         &metrics,
     )
     .await
@@ -80,13 +87,11 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<Summary> {
             max_attempts: args.max_attempts.max(1),
             // Only a pipeline bug requeues in-process; stop after a few.
             max_deliveries: 3,
+            isolate_suspects: false,
+            dead_letter_expired: false,
         },
     ));
-    let runner = Runner::new(
-        pipeline,
-        args.pipeline.concurrency,
-        args.pipeline.batch_max as usize,
-    );
+    let runner = Runner::new(pipeline, concurrency, batch_max as usize);
     let end = runner.run(&mut source, sink.clone(), &shutdown).await;
     runner.drain(Duration::from_secs(3600)).await;
     let summary = *sink.summary.lock().unwrap_or_else(|e| e.into_inner());

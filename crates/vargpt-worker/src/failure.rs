@@ -15,10 +15,11 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The message is bounded and escaped: it may quote the job's input.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Failure {
             code,
-            message: message.into(),
+            message: vargpt_proto::bounded::message(&message.into()),
         }
     }
 
@@ -45,6 +46,9 @@ impl From<EngineError> for Failure {
             // A load error at run time means the engine is broken, not the job.
             EngineError::Load(_) => ErrorCode::Internal,
             EngineError::Inference(_) => ErrorCode::InferenceFailed,
+            // The engine's own fault, never the client's.
+            EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Timeout { .. } => ErrorCode::JobTimeout,
         };
         Failure::new(code, e.to_string())
     }
@@ -92,6 +96,13 @@ mod tests {
         .into();
         assert_eq!(f.code, ErrorCode::PromptTooLong);
         assert!(f.message.contains("10"));
+        let f: Failure = EngineError::Internal("rank panicked".into()).into();
+        assert_eq!(f.code, ErrorCode::Internal);
+        let f: Failure = EngineError::Timeout {
+            limit: std::time::Duration::from_secs(5),
+        }
+        .into();
+        assert_eq!(f.code, ErrorCode::JobTimeout);
         let f: Failure = EngineError::InvalidImage("x".into()).into();
         assert_eq!(f.code, ErrorCode::InvalidImage);
         assert_eq!(

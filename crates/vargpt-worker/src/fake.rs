@@ -8,8 +8,12 @@
 //! * `__panic__`        the inference call panics,
 //! * `__fail__`         an `EngineError::Inference`,
 //! * `__too_long__`     an `EngineError::PromptTooLong`,
-//! * `__sleep_ms=N__`   inference takes N more milliseconds.
+//! * `__sleep_ms=N__`   inference takes N more milliseconds,
+//! * `__kill_engine__`  the engine dies for good, as when the real engine's
+//!   batching thread is gone: this and every later call fail, and
+//!   [`Backend::is_alive`] turns false.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -19,12 +23,14 @@ use crate::backend::Backend;
 
 pub struct FakeBackend {
     model_id: String,
+    dead: AtomicBool,
 }
 
 impl FakeBackend {
     pub fn new(model_id: impl Into<String>) -> Self {
         FakeBackend {
             model_id: model_id.into(),
+            dead: AtomicBool::new(false),
         }
     }
 }
@@ -64,9 +70,19 @@ impl Backend for FakeBackend {
         &self.model_id
     }
 
+    fn is_alive(&self) -> bool {
+        !self.dead.load(Ordering::SeqCst)
+    }
+
     fn run(&self, req: &Request) -> Result<Response, EngineError> {
         let start = Instant::now();
         let prompt = req.text.as_str();
+        if prompt.contains("__kill_engine__") {
+            self.dead.store(true, Ordering::SeqCst);
+        }
+        if !self.is_alive() {
+            return Err(EngineError::Inference("batching thread stopped".into()));
+        }
         if prompt.contains("__abort__") {
             eprintln!("fake backend: __abort__ directive, aborting the process");
             std::process::abort();
@@ -161,5 +177,9 @@ mod tests {
         assert!(b.run(&req(Task::Chat, "__fail__", 0)).is_err());
         assert_eq!(sleep_directive("x __sleep_ms=25__ y"), Some(25));
         assert_eq!(sleep_directive("x __sleep_ms=__"), None);
+        assert!(b.is_alive());
+        assert!(b.run(&req(Task::Chat, "__kill_engine__", 0)).is_err());
+        assert!(!b.is_alive());
+        assert!(b.run(&req(Task::Chat, "hello", 0)).is_err());
     }
 }

@@ -21,7 +21,12 @@ pub struct Readiness {
     /// `None` until checked; then `Ok` or the reason it is unreachable.
     store: Mutex<Option<Result<(), String>>>,
     broker: AtomicBool,
+    /// Why the broker counts as stalled (a publish confirm timed out), if it does.
+    broker_stalled: Mutex<Option<String>>,
     draining: AtomicBool,
+    /// False once the engine died (its batching thread is gone): the
+    /// process is then unhealthy, not just unready, and must restart.
+    engine_alive: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -31,7 +36,9 @@ impl Readiness {
             model: AtomicBool::new(false),
             store: Mutex::new(None),
             broker: AtomicBool::new(false),
+            broker_stalled: Mutex::new(None),
             draining: AtomicBool::new(false),
+            engine_alive: AtomicBool::new(true),
             metrics,
         }
     }
@@ -51,6 +58,37 @@ impl Readiness {
         self.refresh();
     }
 
+    /// `Some(why)` when the broker stopped answering, `None` once it does.
+    pub fn set_broker_stalled(&self, why: Option<String>) {
+        let mut s = self
+            .broker_stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if s.is_some() != why.is_some() {
+            *s = why;
+            drop(s);
+            self.refresh();
+        }
+    }
+
+    pub fn set_engine_dead(&self) {
+        self.engine_alive.store(false, Ordering::SeqCst);
+        self.metrics.engine_alive.set(0);
+        self.refresh();
+    }
+
+    /// The process can go on (`/healthz`): false once the engine died.
+    pub fn is_alive(&self) -> bool {
+        self.engine_alive.load(Ordering::SeqCst)
+    }
+
+    fn broker_stalled(&self) -> Option<String> {
+        self.broker_stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.refresh();
@@ -67,7 +105,9 @@ impl Readiness {
         self.model.load(Ordering::SeqCst)
             && self.store_ok()
             && self.broker.load(Ordering::SeqCst)
+            && self.broker_stalled().is_none()
             && !self.draining.load(Ordering::SeqCst)
+            && self.is_alive()
     }
 
     fn refresh(&self) {
@@ -80,11 +120,21 @@ impl Readiness {
             Some(Ok(())) => "ok".to_string(),
             Some(Err(e)) => format!("unreachable: {e}"),
         };
+        let broker = match (self.broker.load(Ordering::SeqCst), self.broker_stalled()) {
+            (false, _) => "disconnected".to_string(),
+            (true, Some(why)) => why,
+            (true, None) => "connected".to_string(),
+        };
+        let model = match (self.model.load(Ordering::SeqCst), self.is_alive()) {
+            (_, false) => "dead: the engine's batching thread is gone",
+            (true, true) => "loaded",
+            (false, true) => "loading",
+        };
         json!({
             "ready": self.is_ready(),
-            "model": if self.model.load(Ordering::SeqCst) { "loaded" } else { "loading" },
+            "model": model,
             "store": store,
-            "broker": if self.broker.load(Ordering::SeqCst) { "connected" } else { "disconnected" },
+            "broker": broker,
             "draining": self.draining.load(Ordering::SeqCst),
         })
     }
@@ -99,7 +149,7 @@ struct AppState {
 pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz_handler))
         .route("/readyz", get(readyz_handler))
         .with_state(AppState { metrics, readiness })
 }
@@ -109,6 +159,14 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+async fn healthz_handler(State(s): State<AppState>) -> impl IntoResponse {
+    if s.readiness.is_alive() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "engine dead\n")
+    }
 }
 
 async fn readyz_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -158,6 +216,14 @@ mod tests {
         r.set_store(Ok(()));
         assert!(r.is_ready());
         assert_eq!(m.ready.get(), 1);
+        r.set_broker_stalled(Some("broker stalled: no confirm".into()));
+        assert!(!r.is_ready());
+        assert!(r.report()["broker"].as_str().unwrap().contains("stalled"));
+        r.set_broker_stalled(None);
+        assert!(r.is_ready());
+        r.set_engine_dead();
+        assert!(!r.is_ready() && !r.is_alive());
+        assert_eq!(m.engine_alive.get(), 0);
         r.set_draining();
         assert!(!r.is_ready());
         assert_eq!(m.ready.get(), 0);

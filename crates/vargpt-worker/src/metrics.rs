@@ -29,6 +29,25 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub job_retries_total: IntCounterVec,
     pub dead_lettered_total: IntCounterVec,
+    pub quarantined_total: IntCounter,
+    pub engine_alive: IntGauge,
+    pub prompt_tokens_total: IntCounterVec,
+    pub time_to_first_token_seconds: HistogramVec,
+    pub time_per_output_token_seconds: HistogramVec,
+    pub gpu_memory_used_bytes: GaugeVec,
+    pub gpu_memory_total_bytes: GaugeVec,
+    pub gpu_utilization_ratio: GaugeVec,
+}
+
+/// Seconds per output token, from 0.2 ms (a large GPU batch) to 2 s.
+const TOKEN_SECONDS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+];
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 /// Seconds, from 5 ms to 10 min: covers a tiny-model caption and a full-size
@@ -110,8 +129,59 @@ impl Metrics {
             "1 when the worker takes jobs (model, storage, broker ok).",
         )?;
         r.register(Box::new(ready.clone()))?;
+        let quarantined_total = IntCounter::new(
+            "vargpt_jobs_quarantined_total",
+            "Jobs moved to the suspect queue (in flight when a worker died) to run alone.",
+        )?;
+        r.register(Box::new(quarantined_total.clone()))?;
+        let engine_alive = IntGauge::new(
+            "vargpt_engine_alive",
+            "1 while the engine's batching thread runs; 0 once it died (the worker restarts).",
+        )?;
+        engine_alive.set(1);
+        r.register(Box::new(engine_alive.clone()))?;
 
         let m = Metrics {
+            prompt_tokens_total: counter(
+                &r,
+                "vargpt_prompt_tokens_total",
+                "Prompt tokens processed (chat template and image tokens included).",
+                &["kind"],
+            )?,
+            time_to_first_token_seconds: histogram(
+                &r,
+                "vargpt_time_to_first_token_seconds",
+                "Engine time from a job's start to its first new token (image preprocessing and prefill).",
+                &["kind"],
+                SECONDS,
+            )?,
+            time_per_output_token_seconds: histogram(
+                &r,
+                "vargpt_time_per_output_token_seconds",
+                "Engine decode time per new token after the first.",
+                &["kind"],
+                TOKEN_SECONDS,
+            )?,
+            gpu_memory_used_bytes: gauge(
+                &r,
+                "vargpt_gpu_memory_used_bytes",
+                "GPU memory in use (nvidia-smi), per device.",
+                &["device"],
+            )?,
+            gpu_memory_total_bytes: gauge(
+                &r,
+                "vargpt_gpu_memory_total_bytes",
+                "GPU memory in all (nvidia-smi), per device.",
+                &["device"],
+            )?,
+            gpu_utilization_ratio: gauge(
+                &r,
+                "vargpt_gpu_utilization_ratio",
+                "GPU busy fraction over nvidia-smi's sample period, 0..1, per device.",
+                &["device"],
+            )?,
+            quarantined_total,
+            engine_alive,
             jobs_total: counter(
                 &r,
                 "vargpt_jobs_total",
@@ -203,10 +273,13 @@ impl Metrics {
                 &self.preprocess_seconds,
                 &self.inference_seconds,
                 &self.job_duration_seconds,
+                &self.time_to_first_token_seconds,
+                &self.time_per_output_token_seconds,
             ] {
                 h.with_label_values(&[k]);
             }
             self.tokens_generated_total.with_label_values(&[k]);
+            self.prompt_tokens_total.with_label_values(&[k]);
             self.job_retries_total.with_label_values(&[k]);
         }
         for code in ErrorCode::ALL

@@ -2,6 +2,7 @@
 //! then model, then the bucket check, then the broker; reconnects on broker
 //! loss; on SIGTERM stops consuming, drains, exits 0.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use anyhow::Context;
 use lapin::options::BasicCancelOptions;
 use tracing::{error, info, warn};
 
+use vargpt_proto::exit_code;
+
 use crate::amqp::{self, AmqpSettings, AmqpSink, AmqpSource, Topology};
+use crate::backend::Backend;
 use crate::config::ServeArgs;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
@@ -19,8 +23,13 @@ use crate::pipeline::{ImageStore, Pipeline};
 use crate::shutdown::{self, Shutdown};
 use crate::store::{S3Settings, S3Store};
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Runs until SIGTERM (exit code 0) or until the engine dies (1: the
+/// process must restart; its jobs went back to the queue).
+pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     args.check()?;
+    let on_gpu = args.model.on_gpu();
+    let (concurrency, batch_max) = args.pipeline.slots(on_gpu);
+    let max_batch = args.pipeline.max_batch(on_gpu);
     let worker_id = args.pipeline.worker_id();
     let limits = args.limits.limits(Some(&args.s3_bucket))?;
     let topology = Arc::new(Topology {
@@ -35,7 +44,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         prefetch: args.prefetch(),
         max_backoff: Duration::from_millis(args.reconnect_max_backoff_ms.max(100)),
     };
-    let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+    let (trigger, shutdown) =
+        shutdown::on_signals_with_trigger().context("installing signal handlers")?;
 
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let readiness = Arc::new(Readiness::new(metrics.clone()));
@@ -44,11 +54,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the health server to {}", args.http_addr))?;
     info!(%worker_id, http = %bound, broker = %amqp::redacted(amqp_settings.url.expose()), "worker starting");
 
+    let engine = crate::backend::EngineSettings {
+        max_batch: max_batch as usize,
+        job_timeout: Duration::from_secs(args.pipeline.job_timeout_secs),
+    };
     let backend = tokio::select! {
-        b = crate::backend::load(&args.model, &limits, args.limits.max_prompt_tokens, &metrics) => b.context("loading the model")?,
-        _ = shutdown.wait() => return Ok(()),
+        b = crate::backend::load(&args.model, &limits, args.limits.max_prompt_tokens, engine, &metrics) => b.context("loading the model")?,
+        _ = shutdown.wait() => return Ok(exit_code::OK),
     };
     readiness.set_model_loaded();
+    tokio::spawn(crate::gpu_stats::run(
+        metrics.clone(),
+        Duration::from_secs(15),
+    ));
+    let engine_died = watch_engine(
+        backend.clone(),
+        readiness.clone(),
+        trigger,
+        shutdown.clone(),
+    );
 
     let store: Arc<dyn ImageStore> = Arc::new(
         S3Store::new(S3Settings {
@@ -64,8 +88,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await,
     );
     if !wait_for_store(store.as_ref(), &readiness, &shutdown).await {
-        return Ok(());
+        return Ok(exit_code::OK);
     }
+    tokio::spawn(watch_store(
+        store.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
 
     let pipeline = Arc::new(Pipeline::new(
         backend,
@@ -77,27 +106,89 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             image_prefix: args.pipeline.image_prefix.clone(),
             max_attempts: topology.max_attempts(),
             max_deliveries: args.delivery_limit,
+            isolate_suspects: true,
+            dead_letter_expired: args.dead_letter_expired,
         },
     ));
-    let runner = Runner::new(
-        pipeline,
-        args.pipeline.concurrency,
-        args.pipeline.batch_max as usize,
-    );
+    info!(max_batch, concurrency, batch_max, "jobs held at once");
+    let runner = Runner::new(pipeline, concurrency, batch_max as usize);
+    let broker = Broker {
+        settings: amqp_settings,
+        topology,
+        worker_id: worker_id.clone(),
+        confirm_timeout: Duration::from_secs(args.broker_timeout_secs.max(1)),
+    };
     let grace = Duration::from_secs(args.shutdown_grace_secs);
-    consume(
-        &runner,
-        &amqp_settings,
-        &topology,
-        &worker_id,
-        &readiness,
-        &shutdown,
-        grace,
-    )
-    .await;
+    consume(&runner, &broker, &readiness, &shutdown, grace).await;
     readiness.set_draining();
+    if engine_died.load(std::sync::atomic::Ordering::SeqCst) {
+        error!("the engine died; exiting so the process restarts");
+        return Ok(exit_code::FAILED);
+    }
     info!("worker stopped");
-    Ok(())
+    Ok(exit_code::OK)
+}
+
+/// Polls the engine; once it died, readiness and health fail and shutdown
+/// starts (its jobs are given back by the pipeline). The flag tells `run`.
+fn watch_engine(
+    backend: Arc<dyn Backend>,
+    readiness: Arc<Readiness>,
+    trigger: Arc<shutdown::ShutdownTrigger>,
+    shutdown: Shutdown,
+) -> Arc<AtomicBool> {
+    let died = Arc::new(AtomicBool::new(false));
+    let flag = died.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            if !backend.is_alive() {
+                error!("the engine is dead (its batching thread is gone)");
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                readiness.set_engine_dead();
+                trigger.trigger();
+                return;
+            }
+        }
+    });
+    died
+}
+
+/// Re-checks the store while serving, so a store that stalls or goes away
+/// turns readiness red instead of holding jobs unnoticed.
+async fn watch_store(store: Arc<dyn ImageStore>, readiness: Arc<Readiness>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(STORE_CHECK_EVERY) => {}
+        }
+        let state = match tokio::time::timeout(STORE_CHECK_TIMEOUT, store.check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} s",
+                STORE_CHECK_TIMEOUT.as_secs()
+            )),
+        };
+        if let Err(e) = &state {
+            warn!(store = %store.describe(), error = %e, "object store check failed");
+        }
+        readiness.set_store(state);
+    }
+}
+
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(10);
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach the broker and what to declare there.
+struct Broker {
+    settings: AmqpSettings,
+    topology: Arc<Topology>,
+    worker_id: String,
+    confirm_timeout: Duration,
 }
 
 /// Checks the bucket until it answers (readiness says why it is not ready
@@ -134,56 +225,65 @@ async fn wait_for_store(
 /// prefetched, unstarted messages to the queue.
 async fn consume(
     runner: &Runner,
-    settings: &AmqpSettings,
-    topology: &Topology,
-    worker_id: &str,
-    readiness: &Readiness,
+    broker: &Broker,
+    readiness: &Arc<Readiness>,
     shutdown: &Shutdown,
     grace: Duration,
 ) {
+    let worker_id = broker.worker_id.as_str();
     loop {
-        let Some(session) = amqp::connect(settings, topology, worker_id, shutdown).await else {
+        let Some(session) =
+            amqp::connect(&broker.settings, &broker.topology, worker_id, shutdown).await
+        else {
             return;
         };
         readiness.set_broker(true);
+        readiness.set_broker_stalled(None);
+        let connection = Arc::new(session.connection);
         let sink = Arc::new(AmqpSink::new(
-            session.publish.clone(),
-            session.consume.clone(),
-            Arc::new(topology.clone()),
+            connection.clone(),
+            broker.topology.clone(),
             worker_id.to_string(),
+            broker.confirm_timeout,
+            readiness.clone(),
         ));
-        let mut source = AmqpSource::new(session.consumer.clone());
+        let mut source = AmqpSource::new(session.consumer.clone(), session.suspects.clone());
         let end = runner.run(&mut source, sink, shutdown).await;
         readiness.set_broker(false);
         match end {
             RunEnd::Shutdown => {
                 readiness.set_draining();
-                if let Err(e) = session
-                    .consume
-                    .basic_cancel(worker_id.into(), BasicCancelOptions::default())
-                    .await
-                {
-                    warn!(error = %e, "cancelling the consumer failed");
+                for tag in [worker_id.to_string(), format!("{worker_id}.suspects")] {
+                    let cancel = session
+                        .consume
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+                    match tokio::time::timeout(broker.confirm_timeout, cancel).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cancelling the consumer failed"),
+                        Err(_) => warn!("cancelling the consumer got no answer"),
+                    }
                 }
                 let drained = runner.drain(grace).await;
                 info!(
                     drained,
                     "in-flight jobs finished; closing the broker connection"
                 );
-                let _ = session
-                    .connection
-                    .close(200, "worker shutting down".into())
-                    .await;
+                close(&connection, 200, "worker shutting down").await;
                 return;
             }
             RunEnd::Disconnected(e) => {
                 warn!(error = %e, "lost the broker; reconnecting (unacked jobs go back to the queue)");
-                let _ = session.connection.close(320, "reconnecting".into()).await;
+                close(&connection, 320, "reconnecting").await;
             }
             RunEnd::Exhausted => {
                 warn!("consumer ended; reconnecting");
-                let _ = session.connection.close(320, "reconnecting".into()).await;
+                close(&connection, 320, "reconnecting").await;
             }
         }
     }
+}
+
+/// Closes the connection, bounded: a stalled broker must not hold shutdown.
+async fn close(connection: &lapin::Connection, code: u16, why: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(code, why.into())).await;
 }

@@ -43,8 +43,16 @@ impl Shutdown {
 
 /// Installs SIGTERM/SIGINT handlers that trigger shutdown.
 pub fn on_signals() -> std::io::Result<Shutdown> {
+    on_signals_with_trigger().map(|(_, s)| s)
+}
+
+/// [`on_signals`], plus the trigger for shutdowns the process decides on
+/// itself (its engine died).
+pub fn on_signals_with_trigger() -> std::io::Result<(std::sync::Arc<ShutdownTrigger>, Shutdown)> {
     use tokio::signal::unix::{signal, SignalKind};
     let (trigger, shutdown) = channel();
+    let trigger = std::sync::Arc::new(trigger);
+    let own = trigger.clone();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -65,5 +73,5 @@ pub fn on_signals() -> std::io::Result<Shutdown> {
         eprintln!("second shutdown signal: exiting without draining");
         std::process::exit(130);
     });
-    Ok(shutdown)
+    Ok((own, shutdown))
 }

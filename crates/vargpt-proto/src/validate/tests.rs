@@ -171,3 +171,36 @@ fn rejections_keep_the_ids_they_could_read() {
     assert_eq!(r.hints.correlation_id.as_deref(), Some("c9"));
     assert!(r.error.message.contains("paint"), "{}", r.error.message);
 }
+
+#[test]
+fn hostile_input_never_makes_a_long_or_control_laden_message() {
+    let huge_field = "f".repeat(300_000);
+    let bodies = [
+        format!(r#"{{"id":"a","kind":"chat","prompt":"p","{huge_field}":1}}"#),
+        format!(r#"{{"id":"a","kind":"{huge_field}"}}"#),
+        format!(r#"{{"id":"a","kind":"chat","prompt":"p","params":{{"{huge_field}\n":1}}}}"#),
+        format!(r#"{{"id":"{huge_field}","kind":"chat","prompt":"p"}}"#),
+        format!(r#"{{"version":{},"id":"a"}}"#, "9".repeat(100_000)),
+        "{\"id\":\"a\u{1b}[2J\",\"kind\":\"chat\",\"prompt\":\"p\"}".to_string(),
+    ];
+    let big = Limits {
+        max_job_bytes: 1 << 20,
+        ..limits()
+    };
+    for body in &bodies {
+        let r = parse_job(body.as_bytes(), &big).unwrap_err();
+        let m = &r.error.message;
+        assert!(m.len() <= crate::bounded::MAX_MESSAGE_BYTES, "{}", m.len());
+        assert!(!m.chars().any(char::is_control), "{m:?}");
+        // Hints echo only valid ids and short inert strings.
+        if let Some(id) = &r.hints.id {
+            assert!(check_id(id).is_ok(), "{id:?}");
+        }
+    }
+    let r = parse_job(
+        br#"{"id":"a","kind":"chat","prompt":"p","replyTo":"q\nx"}"#,
+        &big,
+    )
+    .unwrap_err();
+    assert_eq!(r.error.code, ErrorCode::InvalidField);
+}

@@ -7,25 +7,18 @@ use lapin::BasicProperties;
 
 use crate::pipeline::Meta;
 
-/// Set by quorum queues: earlier deliveries that were not acked (RabbitMQ 3.x
-/// counts every return, including a dead consumer's).
-pub const DELIVERY_COUNT: &str = "x-delivery-count";
-/// RabbitMQ 4.x: earlier acquisitions of any kind; there `x-delivery-count`
-/// only counts explicit failures, so the larger of the two is used.
-pub const ACQUIRED_COUNT: &str = "x-acquired-count";
-/// Processing attempt (1 when absent); the retry path increments it.
-pub const ATTEMPT: &str = "x-vargpt-attempt";
-/// Publish time in Unix milliseconds, set by clients (and kept across retries)
-/// for an exact queue-wait measurement; the AMQP `timestamp` has seconds only.
-pub const ENQUEUED_AT_MS: &str = "x-vargpt-enqueued-at-ms";
-/// Annotations on dead letters.
-pub const ERROR_CODE: &str = "x-vargpt-error-code";
-pub const ERROR_MESSAGE: &str = "x-vargpt-error-message";
-pub const WORKER_ID: &str = "x-vargpt-worker-id";
-pub const FAILED_AT_MS: &str = "x-vargpt-failed-at-ms";
-/// On results: the job id and the status, so consumers can filter without parsing.
-pub const JOB_ID: &str = "x-vargpt-job-id";
-pub const STATUS: &str = "x-vargpt-status";
+pub use vargpt_proto::wire::headers::{
+    ACQUIRED_COUNT, ATTEMPT, DELIVERY_COUNT, ENQUEUED_AT_MS, ERROR_CODE, ERROR_MESSAGE,
+    FAILED_AT_MS, JOB_ID, LEGACY_ENQUEUED_AT_MS, STATUS, WORKER_ID,
+};
+
+/// Most bytes the header table of a message the worker publishes may take.
+/// A content header must fit in one AMQP frame (`frame_max`, 128 KiB by
+/// default) or the broker closes the whole connection; a client's own
+/// headers are copied onto dead letters and retries, so they are budgeted.
+pub const MAX_HEADER_TABLE_BYTES: usize = 32 << 10;
+/// Set instead of the original headers when they did not fit: their size.
+pub const HEADERS_DROPPED: &str = "x-vargpt-headers-dropped-bytes";
 
 pub fn get_u64(headers: Option<&FieldTable>, key: &str) -> Option<u64> {
     let v = headers?.inner().get(key)?;
@@ -44,11 +37,60 @@ pub fn get_u64(headers: Option<&FieldTable>, key: &str) -> Option<u64> {
     }
 }
 
+/// Sets a string header, bounded and escaped: values may quote client input.
 pub fn set_str(headers: &mut FieldTable, key: &str, value: &str) {
     headers.insert(
         ShortString::from(key),
-        AMQPValue::LongString(LongString::from(value)),
+        AMQPValue::LongString(LongString::from(vargpt_proto::bounded::message(value))),
     );
+}
+
+/// The AMQP wire size of a header table (0-9-1 field-table encoding).
+pub fn encoded_len(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + 1 + value_len(v))
+        .sum::<usize>()
+}
+
+fn value_len(v: &AMQPValue) -> usize {
+    match v {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.len(),
+        AMQPValue::FieldArray(a) => {
+            4 + a.as_slice().iter().map(|v| 1 + value_len(v)).sum::<usize>()
+        }
+        AMQPValue::FieldTable(t) => encoded_len(t),
+        AMQPValue::Void => 0,
+    }
+}
+
+/// A copy of `original` (less `drop`) to republish with the worker's own
+/// headers added by `add`. If the client's headers would push the table past
+/// [`MAX_HEADER_TABLE_BYTES`], they are left out and their size noted: the
+/// body and the worker's annotations always go through.
+pub fn republished(
+    original: Option<&FieldTable>,
+    drop: &[&str],
+    add: impl Fn(&mut FieldTable),
+) -> FieldTable {
+    let mut ours = FieldTable::default();
+    add(&mut ours);
+    let mut out = without(original, drop);
+    add(&mut out);
+    if encoded_len(&out) <= MAX_HEADER_TABLE_BYTES {
+        return out;
+    }
+    let theirs = original.map_or(0, encoded_len);
+    set_u64(&mut ours, HEADERS_DROPPED, theirs as u64);
+    ours
 }
 
 pub fn set_u64(headers: &mut FieldTable, key: &str, value: u64) {
@@ -85,12 +127,15 @@ pub fn meta_of(props: &BasicProperties) -> Meta {
             .map(|v| v.as_str().to_string())
             .filter(|v| !v.is_empty())
     };
+    // Checked: a hostile timestamp must not overflow the clock (a panic
+    // here would take the consumer down, found by the `amqp` fuzz target).
     let enqueued_at = get_u64(headers, ENQUEUED_AT_MS)
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        .or_else(|| get_u64(headers, LEGACY_ENQUEUED_AT_MS))
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
         .or_else(|| {
             props
                 .timestamp()
-                .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+                .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
         });
     Meta {
         message_id: short(props.message_id()),
@@ -108,6 +153,60 @@ pub fn meta_of(props: &BasicProperties) -> Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_enqueue_header_is_read_with_milliseconds() {
+        let mut h = FieldTable::default();
+        set_u64(&mut h, LEGACY_ENQUEUED_AT_MS, 1_234);
+        let m = meta_of(&BasicProperties::default().with_headers(h));
+        assert_eq!(
+            m.enqueued_at,
+            Some(UNIX_EPOCH + Duration::from_millis(1_234))
+        );
+    }
+
+    #[test]
+    fn hostile_timestamps_do_not_overflow() {
+        let m = meta_of(&BasicProperties::default().with_timestamp(u64::MAX));
+        assert_eq!(m.enqueued_at, None);
+        let mut h = FieldTable::default();
+        set_u64(&mut h, ENQUEUED_AT_MS, u64::MAX);
+        let _ = meta_of(&BasicProperties::default().with_headers(h));
+    }
+
+    #[test]
+    fn encoded_len_matches_the_wire_encoding() {
+        let mut h = FieldTable::default();
+        set_str(&mut h, "ab", "xyz"); // 1+2 +1 +4+3
+        set_u64(&mut h, "c", 7); // 1+1 +1 +8
+        assert_eq!(encoded_len(&h), 4 + 11 + 11);
+        let mut nested = FieldTable::default();
+        nested.insert("t".into(), AMQPValue::FieldTable(h.clone()));
+        assert_eq!(encoded_len(&nested), 4 + (1 + 1 + 1 + encoded_len(&h)));
+    }
+
+    #[test]
+    fn oversized_client_headers_are_dropped_not_ours() {
+        let mut theirs = FieldTable::default();
+        theirs.insert(
+            "huge".into(),
+            AMQPValue::LongString(LongString::from("x".repeat(120_000))),
+        );
+        theirs.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(2));
+        let out = republished(Some(&theirs), &[DELIVERY_COUNT], |h| {
+            set_str(h, ERROR_MESSAGE, &"m".repeat(1 << 20));
+            set_u64(h, ATTEMPT, 2);
+        });
+        assert!(encoded_len(&out) <= MAX_HEADER_TABLE_BYTES);
+        assert!(!out.contains_key("huge"));
+        assert_eq!(get_u64(Some(&out), ATTEMPT), Some(2));
+        assert!(get_u64(Some(&out), HEADERS_DROPPED).unwrap() > 120_000);
+        // Small client headers are kept.
+        let mut small = FieldTable::default();
+        set_str(&mut small, "tenant", "t1");
+        let out = republished(Some(&small), &[], |h| set_u64(h, ATTEMPT, 3));
+        assert!(out.contains_key("tenant") && out.contains_key(ATTEMPT));
+    }
 
     #[test]
     fn reads_any_integer_encoding() {

@@ -1,61 +1,146 @@
 //! Results, dead letters and retries, each published with a publisher
 //! confirm before the caller goes on to ack.
+//!
+//! Publishing has its own channel, separate from the consumer's, and reopens
+//! it on its own: a publish the broker refuses with a channel error (a
+//! hostile reply-to, say) costs one channel, never the connection or the
+//! deliveries in flight on the consumer. Every confirm has a time bound, and
+//! a broker that stops confirming is reported to readiness as stalled.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::Mutex;
 use tracing::warn;
 use vargpt_proto::{ErrorInfo, JobResult, CONTENT_TYPE};
 
 use super::headers::{self, now_ms};
 use super::topology::{Topology, DEAD_ROUTING_KEY};
+use crate::health::Readiness;
 use crate::pipeline::{Envelope, ResultSink, Route, TransportError};
 
 /// Delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
+/// Tries of one publish that the broker nacked or that lost its channel.
+const PUBLISH_TRIES: u32 = 3;
+/// Pause before the second try; doubled for each later one.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
 
 pub struct AmqpSink {
-    channel: Channel,
-    /// The consuming channel: closed when publishing becomes impossible, so
-    /// the consume loop sees the loss and reconnects (re-declaring the
-    /// topology) instead of redelivering jobs whose results cannot go out.
-    consume: Channel,
+    connection: Arc<Connection>,
+    /// The publishing channel (confirm mode), opened on first use and again
+    /// whenever the broker closed it.
+    channel: Mutex<Option<Channel>>,
     topology: Arc<Topology>,
     worker_id: String,
+    confirm_timeout: Duration,
+    readiness: Arc<Readiness>,
 }
 
+/// What the broker did with one publish.
 enum Outcome {
     Stored,
+    /// `mandatory` and no queue took it.
     Unroutable,
 }
 
 impl AmqpSink {
-    /// `channel` must be in confirm mode.
     pub fn new(
-        channel: Channel,
-        consume: Channel,
+        connection: Arc<Connection>,
         topology: Arc<Topology>,
         worker_id: String,
+        confirm_timeout: Duration,
+        readiness: Arc<Readiness>,
     ) -> Self {
         AmqpSink {
-            channel,
-            consume,
+            connection,
+            channel: Mutex::new(None),
             topology,
             worker_id,
+            confirm_timeout,
+            readiness,
         }
     }
 
-    async fn lost(&self, e: lapin::Error) -> TransportError {
-        if !self.channel.status().connected() && self.consume.status().connected() {
-            warn!(error = %e, "publish channel closed; closing the consumer too, to reconnect");
-            let _ = self.consume.close(320, "publish channel lost".into()).await;
+    /// The open publishing channel, reopened if the broker closed it.
+    async fn channel(&self) -> Result<Channel, TransportError> {
+        let mut slot = self.channel.lock().await;
+        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
         }
-        TransportError::Disconnected(e.to_string())
+        if !self.connection.status().connected() {
+            return Err(TransportError::Disconnected("connection closed".into()));
+        }
+        let open = async {
+            let ch = self.connection.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        };
+        let ch = match tokio::time::timeout(self.confirm_timeout, open).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => return Err(TransportError::Disconnected(e.to_string())),
+            Err(_) => return Err(self.stalled("opening a channel")),
+        };
+        *slot = Some(ch.clone());
+        Ok(ch)
     }
 
+    fn stalled(&self, what: &str) -> TransportError {
+        let why = format!(
+            "broker stalled: {what} got no answer within {} s",
+            self.confirm_timeout.as_secs_f64()
+        );
+        self.readiness.set_broker_stalled(Some(why.clone()));
+        TransportError::Disconnected(why)
+    }
+
+    /// One publish and its confirm, within the confirm timeout.
+    async fn publish_once(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<Outcome, TransportError> {
+        let channel = self.channel().await?;
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = async {
+            channel
+                .basic_publish(exchange.into(), routing_key.into(), opts, body, props)
+                .await?
+                .await
+        };
+        let confirm = match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Err(_) => {
+                // Its confirm may never come: publish on a fresh channel next.
+                let _ = channel.close(200, "confirm timed out".into()).await;
+                return Err(self.stalled("a publish"));
+            }
+            Ok(Err(e)) => return Err(TransportError::Disconnected(e.to_string())),
+            Ok(Ok(c)) => c,
+        };
+        self.readiness.set_broker_stalled(None);
+        match confirm {
+            Confirmation::Ack(None) => Ok(Outcome::Stored),
+            Confirmation::Ack(Some(_)) => Ok(Outcome::Unroutable),
+            Confirmation::Nack(_) => Err(TransportError::NotConfirmed(format!(
+                "broker nacked the publish to {exchange:?}/{routing_key:?}"
+            ))),
+            Confirmation::NotRequested => Err(TransportError::NotConfirmed(
+                "channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    /// [`Self::publish_once`] with a few tries for nacks and lost channels,
+    /// as long as the connection lives; a bounded number, never a loop.
     async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -63,31 +148,24 @@ impl AmqpSink {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<Outcome, TransportError> {
-        let opts = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
-        let published = self
-            .channel
-            .basic_publish(exchange.into(), routing_key.into(), opts, body, props)
-            .await;
-        let confirm = match published {
-            Ok(pending) => pending.await,
-            Err(e) => Err(e),
-        };
-        let confirm = match confirm {
-            Ok(c) => c,
-            Err(e) => return Err(self.lost(e).await),
-        };
-        match confirm {
-            Confirmation::Ack(None) => Ok(Outcome::Stored),
-            Confirmation::Ack(Some(_)) => Ok(Outcome::Unroutable),
-            Confirmation::Nack(_) => Err(TransportError::NotConfirmed(format!(
-                "broker nacked publish to {exchange:?}/{routing_key}"
-            ))),
-            Confirmation::NotRequested => Err(TransportError::NotConfirmed(
-                "channel is not in confirm mode".into(),
-            )),
+        let mut pause = FIRST_PAUSE;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .publish_once(exchange, routing_key, body, props.clone())
+                .await
+            {
+                Ok(o) => return Ok(o),
+                Err(e) if tries >= PUBLISH_TRIES || !self.connection.status().connected() => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    warn!(error = %e, tries, "publish failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
     }
 
@@ -99,6 +177,31 @@ impl AmqpSink {
             .cloned()
             .unwrap_or_else(|| BasicProperties::default().with_content_type(CONTENT_TYPE.into()))
             .with_delivery_mode(PERSISTENT)
+    }
+
+    /// Publishes to the results exchange; anything but "stored" means the
+    /// result cannot be delivered.
+    async fn publish_to_results(
+        &self,
+        result: &JobResult,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), TransportError> {
+        let key = vargpt_proto::wire::result_routing_key(
+            crate::pipeline::kind_label(result.kind),
+            result.status.as_str(),
+        );
+        match self
+            .publish_confirmed(&self.topology.results_exchange(), &key, body, props)
+            .await
+        {
+            Ok(Outcome::Stored) => Ok(()),
+            Ok(Outcome::Unroutable) => Err(TransportError::Undeliverable(
+                "the results exchange has no bound queue".into(),
+            )),
+            Err(TransportError::NotConfirmed(m)) => Err(TransportError::Undeliverable(m)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -118,38 +221,31 @@ impl ResultSink for AmqpSink {
             props = props.with_correlation_id(ShortString::from(c.as_str()));
         }
         if let Some(q) = &route.reply_to {
-            match self.publish_confirmed("", q, &body, props.clone()).await? {
-                Outcome::Stored => return Ok(()),
-                // The reply queue is gone: the result must not be lost with it.
-                Outcome::Unroutable => {
+            match self.publish_confirmed("", q, &body, props.clone()).await {
+                Ok(Outcome::Stored) => return Ok(()),
+                // The reply queue is gone or refused it: the result must not
+                // be lost with it, nor the job run again for it.
+                Ok(Outcome::Unroutable) => {
                     warn!(reply_to = %q, "reply queue does not exist; publishing to the results exchange")
                 }
+                Err(e) if self.connection.status().connected() => {
+                    warn!(reply_to = %q, error = %e, "reply queue refused the result; publishing to the results exchange")
+                }
+                Err(e) => return Err(e),
             }
         }
-        let key = format!(
-            "{}.{}",
-            crate::pipeline::kind_label(result.kind),
-            result.status.as_str()
-        );
-        match self
-            .publish_confirmed(&self.topology.results_exchange(), &key, &body, props)
-            .await?
-        {
-            Outcome::Stored => Ok(()),
-            Outcome::Unroutable => Err(TransportError::NotConfirmed(
-                "results exchange has no bound queue".into(),
-            )),
-        }
+        self.publish_to_results(result, &body, props).await
     }
 
     async fn dead_letter(&self, env: &Envelope, error: &ErrorInfo) -> Result<(), TransportError> {
         let props = Self::original_props(env);
-        let mut h = headers::without(props.headers().as_ref(), &[]);
-        headers::set_str(&mut h, headers::ERROR_CODE, error.code.as_str());
-        headers::set_str(&mut h, headers::ERROR_MESSAGE, &error.message);
-        headers::set_str(&mut h, headers::WORKER_ID, &self.worker_id);
-        headers::set_u64(&mut h, headers::ATTEMPT, u64::from(env.meta.attempt));
-        headers::set_u64(&mut h, headers::FAILED_AT_MS, now_ms());
+        let h = headers::republished(props.headers().as_ref(), &[], |h| {
+            headers::set_str(h, headers::ERROR_CODE, error.code.as_str());
+            headers::set_str(h, headers::ERROR_MESSAGE, &error.message);
+            headers::set_str(h, headers::WORKER_ID, &self.worker_id);
+            headers::set_u64(h, headers::ATTEMPT, u64::from(env.meta.attempt));
+            headers::set_u64(h, headers::FAILED_AT_MS, now_ms());
+        });
         let dlx = self.topology.dead_letter_exchange();
         match self
             .publish_confirmed(&dlx, DEAD_ROUTING_KEY, &env.body, props.with_headers(h))
@@ -168,21 +264,27 @@ impl ResultSink for AmqpSink {
             .retry_queue(attempt)
             .ok_or_else(|| TransportError::Other("no retry queue configured".into()))?;
         let props = Self::original_props(env);
+        let first_seen = env
+            .meta
+            .enqueued_at
+            .unwrap_or(env.meta.received_at_wall)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         // A copy is a new message: the broker's delivery count restarts.
-        let mut h = headers::without(
+        let h = headers::republished(
             props.headers().as_ref(),
-            &[headers::DELIVERY_COUNT, headers::ACQUIRED_COUNT],
+            &[
+                headers::DELIVERY_COUNT,
+                headers::ACQUIRED_COUNT,
+                headers::LEGACY_ENQUEUED_AT_MS,
+            ],
+            |h| {
+                headers::set_u64(h, headers::ATTEMPT, u64::from(attempt));
+                if !h.contains_key(headers::ENQUEUED_AT_MS) {
+                    headers::set_u64(h, headers::ENQUEUED_AT_MS, first_seen);
+                }
+            },
         );
-        headers::set_u64(&mut h, headers::ATTEMPT, u64::from(attempt));
-        if !h.contains_key(headers::ENQUEUED_AT_MS) {
-            let first_seen = env
-                .meta
-                .enqueued_at
-                .unwrap_or(env.meta.received_at_wall)
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            headers::set_u64(&mut h, headers::ENQUEUED_AT_MS, first_seen);
-        }
         match self
             .publish_confirmed("", &queue, &env.body, props.with_headers(h))
             .await?
@@ -190,6 +292,27 @@ impl ResultSink for AmqpSink {
             Outcome::Stored => Ok(()),
             Outcome::Unroutable => Err(TransportError::NotConfirmed(format!(
                 "retry queue {queue} does not exist"
+            ))),
+        }
+    }
+
+    async fn quarantine(&self, env: &Envelope) -> Result<(), TransportError> {
+        let props = Self::original_props(env);
+        // A copy starts a fresh delivery count: in the suspect queue it
+        // counts only the crashes that happen while this job runs alone.
+        let h = headers::republished(
+            props.headers().as_ref(),
+            &[headers::DELIVERY_COUNT, headers::ACQUIRED_COUNT],
+            |_| {},
+        );
+        let queue = self.topology.suspect_queue();
+        match self
+            .publish_confirmed("", &queue, &env.body, props.with_headers(h))
+            .await?
+        {
+            Outcome::Stored => Ok(()),
+            Outcome::Unroutable => Err(TransportError::NotConfirmed(format!(
+                "suspect queue {queue} does not exist"
             ))),
         }
     }

@@ -6,11 +6,18 @@
 //!                 worker ─────────────┤
 //!   result ──► reply_to queue, or ──► {p}.results (topic, key "{kind}.{status}") ──► {p}.results queue ("#")
 //!   bad job ──► {p}.dlx (direct) ── "dead" ──► {p}.dead          (annotated copy)
-//!   transient ─► {p}.jobs.retry.{ms}ms  (TTL; dead-letters back to {p}.jobs)
-//!   crash loop: after x-delivery-limit deliveries the broker itself
-//!               dead-letters to {p}.dlx / "dead" (the worker answers
-//!               worker_crashed one delivery earlier).
+//!   transient ─► {p}.jobs.retry.{ms}ms.quorum  (TTL; dead-letters back to
+//!                {p}.jobs, at least once)
+//!   suspect ──► {p}.jobs.suspect  (a job that was in flight when a worker
+//!               died: run alone, so a crash there blames only it; after
+//!               x-delivery-limit deliveries the worker answers
+//!               worker_crashed, and the broker itself dead-letters one
+//!               delivery later)
 //! ```
+//!
+//! Every queue is a quorum queue (replicated on a cluster); the ones whose
+//! messages the broker moves on its own (retry TTLs, the delivery limit)
+//! dead-letter at least once, so a broker node dying mid-move loses nothing.
 //!
 //! Queue arguments are part of a queue's identity: declaring an existing
 //! queue with other arguments fails. Retry queues therefore carry their
@@ -21,9 +28,9 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
+use vargpt_proto::wire::Names;
 
-/// Routing key of dead letters on the dead-letter exchange.
-pub const DEAD_ROUTING_KEY: &str = "dead";
+pub use vargpt_proto::wire::DEAD_ROUTING_KEY;
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -59,24 +66,32 @@ pub enum Arg {
 }
 
 impl Topology {
+    fn names(&self) -> Names {
+        Names::new(self.prefix.as_str())
+    }
+
     pub fn jobs_queue(&self) -> String {
-        format!("{}.jobs", self.prefix)
+        self.names().jobs_queue()
+    }
+
+    pub fn suspect_queue(&self) -> String {
+        self.names().suspect_queue()
     }
 
     pub fn results_exchange(&self) -> String {
-        format!("{}.results", self.prefix)
+        self.names().results_exchange()
     }
 
     pub fn results_queue(&self) -> String {
-        format!("{}.results", self.prefix)
+        self.names().results_queue()
     }
 
     pub fn dead_letter_exchange(&self) -> String {
-        format!("{}.dlx", self.prefix)
+        self.names().dead_letter_exchange()
     }
 
     pub fn dead_queue(&self) -> String {
-        format!("{}.dead", self.prefix)
+        self.names().dead_queue()
     }
 
     /// Attempts for transient failures, the first included.
@@ -85,7 +100,7 @@ impl Topology {
     }
 
     fn retry_queue_for_delay(&self, d: Duration) -> String {
-        format!("{}.jobs.retry.{}ms", self.prefix, d.as_millis())
+        self.names().retry_queue(d.as_millis())
     }
 
     /// The queue that holds a job before `attempt` (2, 3, …).
@@ -124,6 +139,22 @@ impl Topology {
                     ("x-dead-letter-routing-key", s(DEAD_ROUTING_KEY)),
                 ],
             },
+            Decl::Queue {
+                name: self.suspect_queue(),
+                args: vec![
+                    ("x-queue-type", s("quorum")),
+                    // One more than the worker's own limit: the worker
+                    // answers worker_crashed first; this is the backstop.
+                    (
+                        "x-delivery-limit",
+                        Arg::Int(i64::from(self.delivery_limit) + 1),
+                    ),
+                    ("x-dead-letter-exchange", s(&dlx)),
+                    ("x-dead-letter-routing-key", s(DEAD_ROUTING_KEY)),
+                    ("x-dead-letter-strategy", s("at-least-once")),
+                    ("x-overflow", s("reject-publish")),
+                ],
+            },
             Decl::Exchange {
                 name: self.results_exchange(),
                 kind: "topic",
@@ -141,16 +172,18 @@ impl Topology {
         let mut delays = self.retry_delays.clone();
         delays.dedup();
         for d in delays {
-            // Classic: per-queue TTL works on every RabbitMQ 3.x, and a retry
-            // queue only ever holds copies that are also safe to lose
-            // (the original is acked only after the copy is confirmed).
+            // After the ack of the original the retry copy is the only one:
+            // quorum (message TTL needs RabbitMQ 3.10+) and at-least-once
+            // dead-lettering back to the jobs queue, so no node loss drops it.
             out.push(Decl::Queue {
                 name: self.retry_queue_for_delay(d),
                 args: vec![
-                    ("x-queue-type", s("classic")),
+                    ("x-queue-type", s("quorum")),
                     ("x-message-ttl", Arg::Int(d.as_millis() as i64)),
                     ("x-dead-letter-exchange", s("")),
                     ("x-dead-letter-routing-key", s(&jobs)),
+                    ("x-dead-letter-strategy", s("at-least-once")),
+                    ("x-overflow", s("reject-publish")),
                 ],
             });
         }
@@ -230,9 +263,9 @@ mod tests {
     fn retry_tiers_grow_then_stay() {
         let t = topo();
         assert_eq!(t.max_attempts(), 3);
-        assert_eq!(t.retry_queue(2).unwrap(), "t.jobs.retry.100ms");
-        assert_eq!(t.retry_queue(3).unwrap(), "t.jobs.retry.2000ms");
-        assert_eq!(t.retry_queue(9).unwrap(), "t.jobs.retry.2000ms");
+        assert_eq!(t.retry_queue(2).unwrap(), "t.jobs.retry.100ms.quorum");
+        assert_eq!(t.retry_queue(3).unwrap(), "t.jobs.retry.2000ms.quorum");
+        assert_eq!(t.retry_queue(9).unwrap(), "t.jobs.retry.2000ms.quorum");
         let none = Topology {
             retry_delays: vec![],
             ..topo()
@@ -256,11 +289,31 @@ mod tests {
         let retry = decls
             .iter()
             .find_map(|d| match d {
-                Decl::Queue { name, args } if name == "t.jobs.retry.100ms" => Some(args.clone()),
+                Decl::Queue { name, args } if name == "t.jobs.retry.100ms.quorum" => {
+                    Some(args.clone())
+                }
                 _ => None,
             })
             .unwrap();
         assert!(retry.contains(&("x-message-ttl", Arg::Int(100))));
+        // Every queue is replicated; broker-side moves are at least once.
+        for d in &decls {
+            if let Decl::Queue { name, args } = d {
+                assert!(
+                    args.contains(&("x-queue-type", Arg::Str("quorum".into()))),
+                    "{name}"
+                );
+                if args.iter().any(|(k, _)| *k == "x-message-ttl") || name.ends_with("suspect") {
+                    assert!(
+                        args.contains(&(
+                            "x-dead-letter-strategy",
+                            Arg::Str("at-least-once".into())
+                        )),
+                        "{name}"
+                    );
+                }
+            }
+        }
         assert!(retry.contains(&("x-dead-letter-routing-key", Arg::Str("t.jobs".into()))));
     }
 }

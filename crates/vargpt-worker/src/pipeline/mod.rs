@@ -65,6 +65,9 @@ pub struct Meta {
     pub previous_deliveries: u32,
     /// When the client published it, if it said so.
     pub enqueued_at: Option<SystemTime>,
+    /// Delivered from the suspect queue: it was in flight when a worker died,
+    /// so it runs alone and its deliveries count as its own crashes.
+    pub isolated: bool,
     pub received_at: Instant,
     pub received_at_wall: SystemTime,
 }
@@ -78,6 +81,7 @@ impl Meta {
             attempt: 1,
             previous_deliveries: 0,
             enqueued_at: None,
+            isolated: false,
             received_at: Instant::now(),
             received_at_wall: SystemTime::now(),
         }
@@ -97,6 +101,10 @@ pub enum TransportError {
     Disconnected(String),
     #[error("publish not confirmed: {0}")]
     NotConfirmed(String),
+    /// The broker is up but will not take this result (nacked or unroutable
+    /// after the bounded tries): retrying the job would not help.
+    #[error("result undeliverable: {0}")]
+    Undeliverable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -140,6 +148,15 @@ pub trait ResultSink: Send + Sync {
     async fn dead_letter(&self, env: &Envelope, error: &ErrorInfo) -> Result<(), TransportError>;
     /// Schedules the original message for `attempt` after the back-off for it.
     async fn retry(&self, env: &Envelope, attempt: u32) -> Result<(), TransportError>;
+    /// Moves a message that was in flight when a worker died to the suspect
+    /// queue, where it runs alone (transports without redelivery never
+    /// see such a message).
+    async fn quarantine(&self, env: &Envelope) -> Result<(), TransportError> {
+        let _ = env;
+        Err(TransportError::Other(
+            "this transport has no suspect queue".into(),
+        ))
+    }
 }
 
 /// Object storage: input images in, generated images out.
@@ -148,7 +165,8 @@ pub trait ImageStore: Send + Sync {
     /// Reads an input object, refusing anything larger than `max_bytes`.
     async fn fetch(&self, bucket: &str, key: &str, max_bytes: usize)
         -> Result<Vec<u8>, StoreError>;
-    /// Writes a generated PNG under `key` (overwriting: keys are per job id).
+    /// Writes a generated PNG under `key` (overwriting: a key names one
+    /// request, see `Pipeline::image_key`).
     async fn put_png(
         &self,
         key: &str,
@@ -189,12 +207,20 @@ pub enum Disposition {
     Complete(Box<JobResult>, Route),
     /// Publish the error result, dead-letter the original, then ack.
     DeadLetter(Box<JobResult>, Route),
+    /// Publish the error result, then ack: the message is not poison (its
+    /// deadline passed), so it stays out of the dead-letter queue.
+    Answer(Box<JobResult>, Route),
     /// Republish for another attempt, then ack (no result yet).
     Retry {
         attempt: u32,
         error: ErrorInfo,
         kind: JobKind,
     },
+    /// In flight when a worker died: move to the suspect queue, then ack.
+    Quarantine,
+    /// The worker, not the job, failed (its engine died): give the message
+    /// back for another worker, with no result.
+    Release,
 }
 
 /// The `kind` label of a message whose kind could not be read.

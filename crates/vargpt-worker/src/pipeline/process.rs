@@ -30,7 +30,17 @@ pub struct PipelineConfig {
     pub max_attempts: u32,
     /// A message already delivered this many times without being settled is
     /// answered with `worker_crashed` instead of being run again (0: never).
+    /// With `isolate_suspects` only deliveries from the suspect queue count.
     pub max_deliveries: u32,
+    /// The transport has a suspect queue: a message delivered again after a
+    /// worker died is moved there and run alone, so that only the job that
+    /// kills workers is blamed, never the neighbours that shared its batch
+    /// or prefetch.
+    pub isolate_suspects: bool,
+    /// Also dead-letter jobs whose deadline passed before they ran (by
+    /// default they get their `deadline_exceeded` result and are acked: a
+    /// client's time-out is not a poison message).
+    pub dead_letter_expired: bool,
 }
 
 pub struct Pipeline {
@@ -81,20 +91,28 @@ impl Pipeline {
     /// Processes a batch; answer `i` belongs to message `i`. Never panics on
     /// any input, and a panic inside the backend becomes an error result.
     pub async fn process_batch(&self, envs: &[&Envelope]) -> Vec<Disposition> {
-        let prepared = join_all(
-            envs.iter()
-                .map(|env| self.prepare(env).instrument(env.span.clone())),
-        )
+        let prepared = join_all(envs.iter().map(|env| async {
+            if self.is_suspect(env) {
+                return None;
+            }
+            Some(self.prepare(env).instrument(env.span.clone()).await)
+        }))
         .await;
         let mut out: Vec<Option<Disposition>> = Vec::with_capacity(envs.len());
         let mut ready = Vec::new();
         for (i, p) in prepared.into_iter().enumerate() {
             match p {
-                Ok(p) => {
+                None => {
+                    self.metrics.quarantined_total.inc();
+                    warn!(parent: &envs[i].span, deliveries = envs[i].meta.previous_deliveries,
+                        "in flight when a worker died: moving it to the suspect queue to run alone");
+                    out.push(Some(Disposition::Quarantine));
+                }
+                Some(Ok(p)) => {
                     ready.push((i, p));
                     out.push(None);
                 }
-                Err((known, failure, timings)) => {
+                Some(Err((known, failure, timings))) => {
                     out.push(Some(self.fail(envs[i], known, failure, timings)))
                 }
             }
@@ -107,6 +125,22 @@ impl Pipeline {
             let started = Instant::now();
             let responses = self.infer(requests).await;
             let inference_s = started.elapsed().as_secs_f64();
+            if !self.backend.is_alive() {
+                // The engine died under these jobs: not their fault, and no
+                // answer from it can be trusted. Give them back for a healthy
+                // worker (as suspects, so a culprit is still found alone).
+                warn!(
+                    jobs = ready.len(),
+                    "the engine died; giving the batch back to the queue"
+                );
+                for (i, _) in ready {
+                    out[i] = Some(Disposition::Release);
+                }
+                return out
+                    .into_iter()
+                    .map(|d| d.expect("every message has a disposition"))
+                    .collect();
+            }
             let finished = join_all(ready.into_iter().zip(responses).map(|((i, mut p), resp)| {
                 p.timings.inference_seconds = inference_s;
                 let env = envs[i];
@@ -120,6 +154,11 @@ impl Pipeline {
         out.into_iter()
             .map(|d| d.expect("every message has a disposition"))
             .collect()
+    }
+
+    /// Delivered before without being settled, and not yet run alone.
+    fn is_suspect(&self, env: &Envelope) -> bool {
+        self.cfg.isolate_suspects && !env.meta.isolated && env.meta.previous_deliveries > 0
     }
 
     /// Parse, validate, guard against poison and late jobs, fetch the image.
@@ -278,7 +317,8 @@ impl Pipeline {
             None => None,
             Some(img) => {
                 let started = Instant::now();
-                let stored = self.store_image(&job.id, img).await;
+                let key = image_key(&self.cfg.image_prefix, &job.id, &env.body);
+                let stored = self.store_image(&key, img).await;
                 timings.upload_seconds = started.elapsed().as_secs_f64();
                 self.metrics.upload_seconds.observe(timings.upload_seconds);
                 match stored {
@@ -288,6 +328,7 @@ impl Pipeline {
             }
         };
         let tokens = resp.ids.len();
+        self.observe_tokens(kind, &resp);
         let finish_reason = finish_reason(&resp);
         self.metrics
             .tokens_generated_total
@@ -326,9 +367,29 @@ impl Pipeline {
         )
     }
 
+    /// Prompt tokens, time to first token and time per output token, as the
+    /// engine measured them (its time, not the queue's).
+    fn observe_tokens(&self, kind: &str, resp: &Response) {
+        let m = &self.metrics;
+        let t = &resp.timings;
+        m.prompt_tokens_total
+            .with_label_values(&[kind])
+            .inc_by(resp.prompt_ids.len() as u64);
+        if !resp.ids.is_empty() {
+            m.time_to_first_token_seconds
+                .with_label_values(&[kind])
+                .observe(t.preprocess_s + t.prefill_s);
+        }
+        if resp.ids.len() > 1 {
+            m.time_per_output_token_seconds
+                .with_label_values(&[kind])
+                .observe(t.decode_s / (resp.ids.len() - 1) as f64);
+        }
+    }
+
     async fn store_image(
         &self,
-        job_id: &str,
+        key: &str,
         img: &vargpt_engine::GeneratedImage,
     ) -> Result<ImageLocation, Failure> {
         let png = img.to_png().map_err(|e| {
@@ -338,10 +399,9 @@ impl Pipeline {
             )
         })?;
         let sha = hex::encode(Sha256::digest(&png));
-        let key = format!("{}{job_id}.png", self.cfg.image_prefix);
         let obj = self
             .store
-            .put_png(&key, png, &sha)
+            .put_png(key, png, &sha)
             .await
             .map_err(upload_failure)?;
         Ok(ImageLocation {
@@ -374,7 +434,13 @@ impl Pipeline {
         warn!(parent: &env.span, code = %failure.code, attempt, error = %failure.message, "job failed");
         timings.total_seconds = env.meta.received_at.elapsed().as_secs_f64();
         let route = known.route;
-        Disposition::DeadLetter(
+        let expired = failure.code == ErrorCode::DeadlineExceeded && !self.cfg.dead_letter_expired;
+        let answer = if expired {
+            Disposition::Answer
+        } else {
+            Disposition::DeadLetter
+        };
+        answer(
             Box::new(JobResult {
                 version: SCHEMA_VERSION,
                 job_id: known.id,
@@ -420,6 +486,15 @@ impl Pipeline {
                 .or_else(|| env.meta.correlation_id.clone()),
         }
     }
+}
+
+/// Where a job's image goes: `{prefix}{job id}-{digest}.png`, the digest
+/// taken over the whole message body. A redelivery of the same message
+/// writes the same key (idempotent); another client reusing the id with a
+/// different request gets a different key and never overwrites this image.
+pub fn image_key(prefix: &str, job_id: &str, body: &[u8]) -> String {
+    let digest = hex::encode(&Sha256::digest(body)[..8]);
+    format!("{prefix}{job_id}-{digest}.png")
 }
 
 fn take_request(r: &mut Request) -> Request {

@@ -51,8 +51,10 @@ impl Runner {
         sink: Arc<dyn ResultSink>,
         shutdown: &Shutdown,
     ) -> RunEnd {
+        // A suspect met while filling a batch waits here for its own turn.
+        let mut held: Option<Incoming> = None;
         loop {
-            let permit = tokio::select! {
+            let mut permit = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return RunEnd::Shutdown,
                 p = self.slots.clone().acquire_owned() => match p {
@@ -60,22 +62,43 @@ impl Runner {
                     Err(_) => return RunEnd::Shutdown, // semaphore closed: never happens
                 },
             };
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.wait() => return RunEnd::Shutdown,
-                next = source.next() => match next {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return RunEnd::Exhausted,
-                    Err(e) => return RunEnd::Disconnected(e),
+            let first = match held.take() {
+                Some(m) => m,
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => return RunEnd::Shutdown,
+                    next = source.next() => match next {
+                        Ok(Some(m)) => m,
+                        Ok(None) => return RunEnd::Exhausted,
+                        Err(e) => return RunEnd::Disconnected(e),
+                    },
                 },
             };
             let mut batch = vec![first];
-            // Fill the batch only with messages already here: batching must
-            // never add latency to a lone job.
-            while batch.len() < self.batch_max {
-                match source.next().now_or_never() {
-                    Some(Ok(Some(m))) => batch.push(m),
-                    _ => break,
+            if batch[0].envelope.meta.isolated {
+                // Run it alone: wait for every other batch to finish and
+                // start none meanwhile, so a crash now is this job's alone.
+                let rest = self.concurrency.saturating_sub(1);
+                let all = tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => return RunEnd::Shutdown,
+                    p = self.slots.clone().acquire_many_owned(rest) => p,
+                };
+                if let Ok(all) = all {
+                    permit.merge(all);
+                }
+            } else {
+                // Fill the batch only with messages already here: batching
+                // must never add latency to a lone job.
+                while batch.len() < self.batch_max {
+                    match source.next().now_or_never() {
+                        Some(Ok(Some(m))) if m.envelope.meta.isolated => {
+                            held = Some(m);
+                            break;
+                        }
+                        Some(Ok(Some(m))) => batch.push(m),
+                        _ => break,
+                    }
                 }
             }
             let pipeline = self.pipeline.clone();

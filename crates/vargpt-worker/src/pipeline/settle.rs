@@ -1,14 +1,17 @@
 //! Carrying out a disposition in the order that makes delivery at-least-once:
 //! everything the job produces is published and confirmed first, and only
-//! then is the message acknowledged. If any step fails the message is given
-//! back, so it is processed again rather than lost (duplicates are harmless:
-//! image keys and seeds derive from the job id).
+//! then is the message acknowledged. If the transport fails the message is
+//! given back, so it is processed again rather than lost (duplicates are
+//! harmless: image keys and seeds derive from the request). A result the
+//! broker refuses for good is not a transport failure: the message is then
+//! dead-lettered and acked, never run again for it.
 
 use std::time::Duration;
 
-use tracing::{error, info, Instrument};
+use tracing::{error, info, warn, Instrument};
+use vargpt_proto::{ErrorCode, ErrorInfo, JobResult};
 
-use super::{kind_label, Acker, Disposition, Envelope, ResultSink, TransportError};
+use super::{kind_label, Acker, Disposition, Envelope, ResultSink, Route, TransportError};
 use crate::metrics::Metrics;
 
 /// Pause before giving a message back after a transport failure, so a
@@ -40,6 +43,35 @@ pub async fn settle(
     .await
 }
 
+/// Publishes a result. If the broker will not take it (after the sink's
+/// bounded tries), the message is dead-lettered with why, so it ends here.
+/// `Ok(true)`: published; `Ok(false)`: dead-lettered instead.
+async fn publish_or_dead_letter(
+    env: &Envelope,
+    result: &JobResult,
+    route: &Route,
+    sink: &dyn ResultSink,
+    metrics: &Metrics,
+) -> Result<bool, TransportError> {
+    match sink.publish(result, route).await {
+        Ok(()) => Ok(true),
+        Err(TransportError::Undeliverable(why)) => {
+            warn!(error = %why, "the result cannot be delivered; dead-lettering the job");
+            let info = ErrorInfo::new(
+                ErrorCode::Internal,
+                format!("the result could not be delivered: {why}"),
+            );
+            sink.dead_letter(env, &info).await?;
+            metrics
+                .dead_lettered_total
+                .with_label_values(&[info.code.as_str()])
+                .inc();
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn carry_out(
     env: &Envelope,
     acker: &dyn Acker,
@@ -47,37 +79,40 @@ async fn carry_out(
     sink: &dyn ResultSink,
     metrics: &Metrics,
 ) -> Result<(), TransportError> {
+    let observe = |kind: &str| {
+        metrics
+            .job_duration_seconds
+            .with_label_values(&[kind])
+            .observe(env.meta.received_at.elapsed().as_secs_f64())
+    };
     match d {
         Disposition::Complete(result, route) => {
-            sink.publish(result, route).await?;
+            let published = publish_or_dead_letter(env, result, route, sink, metrics).await?;
             acker.ack().await?;
             let kind = kind_label(result.kind);
-            metrics.jobs_total.with_label_values(&[kind, "ok"]).inc();
-            metrics
-                .job_duration_seconds
-                .with_label_values(&[kind])
-                .observe(env.meta.received_at.elapsed().as_secs_f64());
+            let status = if published { "ok" } else { "error" };
+            metrics.jobs_total.with_label_values(&[kind, status]).inc();
+            observe(kind);
         }
-        Disposition::DeadLetter(result, route) => {
+        Disposition::DeadLetter(result, route) | Disposition::Answer(result, route) => {
             let error = result.error.clone().unwrap_or_else(|| {
-                vargpt_proto::ErrorInfo::new(
-                    vargpt_proto::ErrorCode::Internal,
-                    "error result without an error",
-                )
+                ErrorInfo::new(ErrorCode::Internal, "error result without an error")
             });
-            sink.publish(result, route).await?;
-            sink.dead_letter(env, &error).await?;
+            let published = publish_or_dead_letter(env, result, route, sink, metrics).await?;
+            let dead = matches!(d, Disposition::DeadLetter(..));
+            if published && dead {
+                sink.dead_letter(env, &error).await?;
+            }
             acker.ack().await?;
             let kind = kind_label(result.kind);
             let code = error.code.as_str();
             metrics.jobs_total.with_label_values(&[kind, "error"]).inc();
             metrics.job_errors_total.with_label_values(&[code]).inc();
-            metrics.dead_lettered_total.with_label_values(&[code]).inc();
-            metrics
-                .job_duration_seconds
-                .with_label_values(&[kind])
-                .observe(env.meta.received_at.elapsed().as_secs_f64());
-            info!(code, "error result published, message dead-lettered");
+            if published && dead {
+                metrics.dead_lettered_total.with_label_values(&[code]).inc();
+            }
+            observe(kind);
+            info!(code, dead_lettered = dead, "error result published");
         }
         Disposition::Retry {
             attempt,
@@ -92,6 +127,11 @@ async fn carry_out(
                 .inc();
             info!(next_attempt = attempt, code = %error.code, "job scheduled for retry");
         }
+        Disposition::Quarantine => {
+            sink.quarantine(env).await?;
+            acker.ack().await?;
+        }
+        Disposition::Release => acker.requeue().await?,
     }
     Ok(())
 }

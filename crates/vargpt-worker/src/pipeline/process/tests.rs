@@ -67,6 +67,8 @@ fn pipeline(store: Arc<MemStore>) -> Pipeline {
             image_prefix: "images/".into(),
             max_attempts: 2,
             max_deliveries: 3,
+            isolate_suspects: true,
+            dead_letter_expired: false,
         },
     )
 }
@@ -87,10 +89,11 @@ fn png_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode(out)
 }
 
+/// The error code of an error result, dead-lettered or (expired jobs) not.
 fn code_of(d: &Disposition) -> ErrorCode {
     match d {
-        Disposition::DeadLetter(r, _) => r.error.as_ref().unwrap().code,
-        other => panic!("expected a dead letter, got {other:?}"),
+        Disposition::DeadLetter(r, _) | Disposition::Answer(r, _) => r.error.as_ref().unwrap().code,
+        other => panic!("expected an error result, got {other:?}"),
     }
 }
 
@@ -104,9 +107,10 @@ async fn generated_image_is_stored_under_the_job_id_and_is_idempotent() {
         panic!()
     };
     let img = a.image.clone().unwrap();
-    assert_eq!(img.key, "images/g1.png");
+    assert_eq!(img.key, image_key("images/", "g1", body.as_bytes()));
+    assert!(img.key.starts_with("images/g1-") && img.key.ends_with(".png"));
     assert_eq!((img.width, img.height), (64, 64));
-    let stored = store.objects.lock().unwrap()["out/images/g1.png"].clone();
+    let stored = store.objects.lock().unwrap()[&format!("out/{}", img.key)].clone();
     assert_eq!(hex::encode(Sha256::digest(&stored)), img.sha256);
     assert_eq!(
         b.image.unwrap().sha256,
@@ -214,11 +218,63 @@ async fn transient_upload_failures_retry_then_dead_letter() {
 }
 
 #[tokio::test]
-async fn a_job_that_keeps_killing_workers_is_not_run_again() {
+async fn a_job_that_keeps_killing_workers_alone_is_not_run_again() {
     let p = pipeline(Arc::new(MemStore::default()));
     let mut e = env(r#"{"id":"p","kind":"chat","prompt":"__abort__"}"#);
     e.meta.previous_deliveries = 3;
+    // From the jobs queue: it may have been an innocent neighbour of a
+    // crash, so it is moved to run alone, never blamed there.
+    assert!(matches!(one(&p, &e).await, Disposition::Quarantine));
+    // Run alone and crashed each time: now it is the culprit.
+    e.meta.isolated = true;
     assert_eq!(code_of(&one(&p, &e).await), ErrorCode::WorkerCrashed);
+    // Run alone fewer times than the limit: it runs.
+    let mut ok = env(r#"{"id":"q","kind":"chat","prompt":"hello"}"#);
+    ok.meta.isolated = true;
+    ok.meta.previous_deliveries = 2;
+    assert!(matches!(one(&p, &ok).await, Disposition::Complete(..)));
+}
+
+#[tokio::test]
+async fn another_request_under_a_reused_id_never_overwrites_an_image() {
+    let store = Arc::new(MemStore::default());
+    let p = pipeline(store.clone());
+    let a = r#"{"id":"same","kind":"generate_image","prompt":"a red fox"}"#;
+    let b = r#"{"id":"same","kind":"generate_image","prompt":"a blue whale"}"#;
+    let (Disposition::Complete(ra, _), Disposition::Complete(rb, _)) =
+        (one(&p, &env(a)).await, one(&p, &env(b)).await)
+    else {
+        panic!()
+    };
+    let (ia, ib) = (ra.image.unwrap(), rb.image.unwrap());
+    assert_ne!(ia.key, ib.key);
+    let objects = store.objects.lock().unwrap();
+    let stored_a = &objects[&format!("out/{}", ia.key)];
+    assert_eq!(hex::encode(Sha256::digest(stored_a)), ia.sha256);
+}
+
+#[tokio::test]
+async fn an_expired_job_is_answered_and_acked_not_dead_lettered() {
+    let p = pipeline(Arc::new(MemStore::default()));
+    let body = r#"{"id":"late","kind":"chat","prompt":"hi","deadline":"2001-01-01T00:00:00Z"}"#;
+    match one(&p, &env(body)).await {
+        Disposition::Answer(r, _) => {
+            assert_eq!(r.error.unwrap().code, ErrorCode::DeadlineExceeded)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_engine_gives_its_jobs_back_without_answers() {
+    let p = pipeline(Arc::new(MemStore::default()));
+    let d = p
+        .process_batch(&[
+            &env(r#"{"id":"k","kind":"chat","prompt":"__kill_engine__"}"#),
+            &env(r#"{"id":"n","kind":"chat","prompt":"innocent"}"#),
+        ])
+        .await;
+    assert!(d.iter().all(|d| matches!(d, Disposition::Release)), "{d:?}");
 }
 
 #[test]
