@@ -1,7 +1,6 @@
 //! vargpt-engine: turns the pure model into a service — requests, sampling, the
 //! unified text→image loop, model resolution (directory or hub id).
 
-pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod generate;

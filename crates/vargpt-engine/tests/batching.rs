@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
+use vargpt_testkit::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::{
     BatchConfig, Engine, LoadOptions, Request, Response, SamplingParams, Scheduler, Task,
 };

@@ -2,7 +2,7 @@
 //! half-precision options.
 
 use std::path::PathBuf;
-use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
+use vargpt_testkit::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::{Engine, FinishReason, LoadOptions, Request, SamplingParams, Task};
 
 fn fixture() -> PathBuf {

@@ -5,7 +5,7 @@ use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
 use crate::nn::{silu_mul, softmax_last, Linear, RmsNorm, RowParallel};
-use crate::tp::{check_divisible, on_all_ranks, Shard};
+use crate::tp::{check_at_least_one_each, on_all_ranks, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, Tensor};
 
@@ -95,16 +95,17 @@ fn rope_tables(cfg: &TextConfig, dtype: DType, dev: &Device) -> Result<(Tensor, 
 
 impl Llama {
     /// Loads the decoder; `shards` lists the tensor-parallel ranks (one for TP = 1).
-    /// Embeddings, norms and `lm_head` are replicated on rank 0's device.
+    /// Embeddings, norms and `lm_head` are replicated on rank 0's device. Heads
+    /// (whole key/value groups) and MLP units split as evenly as whole units allow,
+    /// whether or not they divide by the degree ([`Shard::heads`]).
     pub fn load(vb: &Vb, cfg: &TextConfig, shards: &[Shard]) -> Result<Self> {
         let world = shards.len();
-        for (what, n) in [
-            ("num_attention_heads", cfg.num_attention_heads),
-            ("num_key_value_heads", cfg.kv_heads()),
-            ("intermediate_size", cfg.intermediate_size),
-        ] {
-            check_divisible(&format!("text_config.{what}"), n, world).map_err(ModelError::Input)?;
-        }
+        check_at_least_one_each(
+            "text_config.intermediate_size",
+            cfg.intermediate_size,
+            world,
+        )
+        .map_err(ModelError::Checkpoint)?;
         let mut ranks = Vec::with_capacity(world);
         for shard in shards {
             let m = Vb::root_on(vb.weights(), shard.device.clone()).pp(vb.name("model"));
@@ -114,15 +115,17 @@ impl Llama {
             for i in 0..cfg.num_hidden_layers {
                 let l = m.pp("layers").pp(i);
                 let a = l.pp("self_attn");
-                let (q0, qn) = shard.range(cfg.num_attention_heads);
-                let (k0, kn) = shard.range(cfg.kv_heads());
+                let hr = shard
+                    .heads(cfg.num_attention_heads, cfg.kv_heads())
+                    .map_err(ModelError::Checkpoint)?;
+                let (q0, qn, k0, kn) = (hr.start, hr.len, hr.kv_start, hr.kv_len);
                 layers.push(Layer {
                     ln1: RmsNorm::load(&l.pp("input_layernorm"), cfg.rms_norm_eps)?,
                     attn: Attention {
                         q: Linear::load_rows(&a.pp("q_proj"), b, &[(q0 * dh, qn * dh)])?,
                         k: Linear::load_rows(&a.pp("k_proj"), b, &[(k0 * dh, kn * dh)])?,
                         v: Linear::load_rows(&a.pp("v_proj"), b, &[(k0 * dh, kn * dh)])?,
-                        o: RowParallel::load(&a.pp("o_proj"), b, shard)?,
+                        o: RowParallel::load_cols(&a.pp("o_proj"), b, shard, q0 * dh, qn * dh)?,
                         heads: qn,
                         kv_heads: kn,
                         head_dim: dh,
@@ -298,6 +301,12 @@ impl Attention {
         sin: &Tensor,
     ) -> Result<Tensor> {
         let d = self.head_dim;
+        if self.heads == 0 {
+            // A rank without heads (fewer key/value heads than ranks) only joins
+            // the output projection's all-reduce.
+            let empty = Tensor::zeros((x.dim(0)?, 0), x.dtype(), x.device())?;
+            return self.o.forward_seqs(&empty, lens);
+        }
         let q_all = self.q.forward_seqs(x, lens)?;
         let k_all = self.k.forward_seqs(x, lens)?;
         let v_all = self.v.forward_seqs(x, lens)?;

@@ -183,12 +183,19 @@ pub struct RowParallel {
 }
 
 impl RowParallel {
+    /// This rank's [`Shard::range`] of the input features.
     pub fn load(vb: &Vb, bias: bool, shard: &Shard) -> Result<Self> {
+        let inp = vb.weights().shape_of(&vb.name("weight"))?[1];
+        let (start, len) = shard.range(inp);
+        Self::load_cols(vb, bias, shard, start, len)
+    }
+
+    /// Input features `[start, start + len)` (e.g. the columns of this rank's
+    /// attention heads); `len` may be 0 (a rank without heads adds zeros).
+    pub fn load_cols(vb: &Vb, bias: bool, shard: &Shard, start: usize, len: usize) -> Result<Self> {
         let weight = if shard.world == 1 {
             vb.get_linear("weight")?
         } else {
-            let inp = vb.weights().shape_of(&vb.name("weight"))?[1];
-            let (start, len) = shard.range(inp);
             vb.get_narrow_linear("weight", 1, start, len)?
         };
         let bias = if bias { Some(vb.get("bias")?) } else { None };
@@ -204,7 +211,14 @@ impl RowParallel {
     }
     /// `x`'s rows as sequences of the given lengths ([`Linear::forward_seqs`]).
     pub fn forward_seqs(&self, x: &Tensor, seqs: &[usize]) -> Result<Tensor> {
-        let y = self.shard.all_reduce(&self.inner.forward_seqs(x, seqs)?)?;
+        let (out, inp) = self.inner.weight().dims2()?;
+        let partial = if inp == 0 {
+            // No input features on this rank: it still joins the all-reduce.
+            Tensor::zeros((x.dim(0)?, out), x.dtype(), x.device())?
+        } else {
+            self.inner.forward_seqs(x, seqs)?
+        };
+        let y = self.shard.all_reduce(&partial)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

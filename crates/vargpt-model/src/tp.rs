@@ -115,10 +115,32 @@ impl Shard {
         }
     }
 
-    /// `[start, len)` of this rank's part of `n` units.
+    /// `(start, len)` of this rank's part of `n` units: rank r holds
+    /// `[⌈r·n/w⌉, ⌈(r+1)·n/w⌉)`, so parts differ by at most one unit, any `n`
+    /// splits over any degree (30 VAR-d30 heads over 4 ranks: 8, 7, 8, 7) and
+    /// rank 0 holds at least one unit whenever `n > 0`. When `n < world` some
+    /// ranks hold none.
     pub fn range(&self, n: usize) -> (usize, usize) {
-        let len = n / self.world;
-        (self.rank * len, len)
+        split(n, self.world, self.rank)
+    }
+
+    /// This rank's attention heads: whole groups of query heads with the key/value
+    /// head they share (grouped-query attention), so every rank's heads read only
+    /// its own key/value heads. With `kv_heads < world` some ranks hold none.
+    pub fn heads(&self, heads: usize, kv_heads: usize) -> Result<HeadRange, String> {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(format!(
+                "{heads} attention heads do not form groups over {kv_heads} key/value heads"
+            ));
+        }
+        let group = heads / kv_heads;
+        let (kv_start, kv_len) = self.range(kv_heads);
+        Ok(HeadRange {
+            start: kv_start * group,
+            len: kv_len * group,
+            kv_start,
+            kv_len,
+        })
     }
 
     pub fn all_reduce(&self, t: &Tensor) -> candle_core::Result<Tensor> {
@@ -160,11 +182,31 @@ where
     })
 }
 
-/// Checks that `what` (`n` heads or units) splits evenly over `world` ranks.
-pub fn check_divisible(what: &str, n: usize, world: usize) -> Result<(), String> {
-    if world == 0 || !n.is_multiple_of(world) {
+/// `(start, len)` of part `rank` of `n` units split over `world` parts as evenly
+/// as whole units allow (see [`Shard::range`]).
+pub fn split(n: usize, world: usize, rank: usize) -> (usize, usize) {
+    let world = world.max(1);
+    let start = (rank * n).div_ceil(world);
+    let end = ((rank + 1) * n).div_ceil(world);
+    (start, end - start)
+}
+
+/// Query heads `[start, start + len)` and key/value heads `[kv_start, kv_start +
+/// kv_len)` held by one rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadRange {
+    pub start: usize,
+    pub len: usize,
+    pub kv_start: usize,
+    pub kv_len: usize,
+}
+
+/// Checks that every rank gets at least one of the `n` units of `what` (MLP
+/// widths: a rank without any would only add zeros).
+pub fn check_at_least_one_each(what: &str, n: usize, world: usize) -> Result<(), String> {
+    if n < world {
         Err(format!(
-            "{what} = {n} is not divisible by the tensor-parallel degree {world}"
+            "{what} = {n} is smaller than the tensor-parallel degree {world}"
         ))
     } else {
         Ok(())
@@ -174,6 +216,53 @@ pub fn check_divisible(what: &str, n: usize, world: usize) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_covers_every_unit_once_with_parts_one_apart() {
+        for n in 0..40 {
+            for world in 1..10 {
+                let parts: Vec<_> = (0..world).map(|r| split(n, world, r)).collect();
+                let mut next = 0;
+                for &(start, len) in &parts {
+                    assert_eq!(start, next, "n {n} world {world}: {parts:?}");
+                    assert!(len == n / world || len == n.div_ceil(world), "{parts:?}");
+                    next = start + len;
+                }
+                assert_eq!(next, n);
+                if n > 0 {
+                    assert!(parts[0].1 >= 1, "rank 0 holds a unit: {parts:?}");
+                }
+            }
+        }
+        let lens = |n, w| (0..w).map(|r| split(n, w, r).1).collect::<Vec<_>>();
+        assert_eq!(lens(30, 4), [8, 7, 8, 7]);
+        assert_eq!(lens(30, 8), [4, 4, 4, 3, 4, 4, 4, 3]);
+        assert_eq!(lens(3, 4), [1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn heads_split_in_whole_key_value_groups() {
+        let shard = |rank, world| Shard {
+            rank,
+            world,
+            comm: None,
+            device: Device::Cpu,
+        };
+        // 6 query heads over 3 key/value heads (groups of 2), over 2 ranks.
+        let h: Vec<_> = (0..2).map(|r| shard(r, 2).heads(6, 3).unwrap()).collect();
+        assert_eq!(
+            (h[0].start, h[0].len, h[0].kv_start, h[0].kv_len),
+            (0, 4, 0, 2)
+        );
+        assert_eq!(
+            (h[1].start, h[1].len, h[1].kv_start, h[1].kv_len),
+            (4, 2, 2, 1)
+        );
+        // Multi-head attention: query and key/value heads split alike.
+        let h = shard(3, 4).heads(30, 30).unwrap();
+        assert_eq!((h.start, h.len, h.kv_start, h.kv_len), (23, 7, 23, 7));
+        assert!(shard(0, 2).heads(6, 4).is_err());
+    }
 
     #[test]
     fn thread_comm_sums_identically_on_every_rank() {

@@ -6,7 +6,7 @@ use crate::config::VarConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
 use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear, RowParallel};
-use crate::tp::{check_divisible, on_all_ranks, Shard};
+use crate::tp::{on_all_ranks, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
@@ -67,12 +67,13 @@ pub struct Var {
 }
 
 impl Var {
-    /// Loads the VAR head; blocks are sharded over `shards` (heads, FFN units), the
-    /// embeddings, AdaLN projections and the head are replicated.
+    /// Loads the VAR head; blocks are sharded over `shards` (heads, FFN units) as
+    /// evenly as whole heads allow — VAR-d30's 30 heads over 4 ranks are 8, 7, 8, 7
+    /// ([`Shard::range`]) —, the embeddings, AdaLN projections and the head are
+    /// replicated.
     pub fn load(vb: &Vb, cfg: &VarConfig, shards: &[Shard]) -> Result<Self> {
         let c = cfg.width();
         let world = shards.len();
-        check_divisible("var depth (VAR heads)", cfg.heads(), world).map_err(ModelError::Input)?;
         let mut ranks = Vec::with_capacity(world);
         for shard in shards {
             let root = Vb::root_on(vb.weights(), shard.device.clone()).pp(vb.name("blocks"));
@@ -102,7 +103,7 @@ impl Var {
                     ada_lin: Linear::load(&b.pp("ada_lin.1"), true)?,
                     qkv: Linear::new(qkv_w.weight().clone(), Some(qkv_bias)),
                     scale_mul,
-                    proj: RowParallel::load(&a.pp("proj"), true, shard)?,
+                    proj: RowParallel::load_cols(&a.pp("proj"), true, shard, q0, qn)?,
                     fc1: Linear::load_column(&b.pp("ffn.fc1"), true, shard)?,
                     fc2: RowParallel::load(&b.pp("ffn.fc2"), true, shard)?,
                     heads: hn,
@@ -260,6 +261,12 @@ impl Block {
         lens: &[usize],
     ) -> Result<Tensor> {
         let h = self.heads;
+        if h == 0 {
+            // A rank without heads (fewer heads than ranks) only joins the
+            // projection's all-reduce.
+            let empty = Tensor::zeros((y.dim(0)?, 0), y.dtype(), y.device())?;
+            return self.proj.forward_seqs(&empty, lens);
+        }
         let qkv = self.qkv.forward_seqs(y, lens)?;
         let c = qkv.dim(1)? / 3; // this rank's share of the width
         let d = c / h;

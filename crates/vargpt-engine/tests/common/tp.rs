@@ -3,10 +3,10 @@
 //! GPU against the CPU.
 
 use super::parity::fixture;
-use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::generate::prefill;
 use vargpt_engine::{Engine, Request, SamplingParams, Task};
 use vargpt_model::VarConfig;
+use vargpt_testkit::{make_checkpoint, CheckpointSpec};
 
 /// A checkpoint of another shape than the fixture: grouped-query attention
 /// (8 query heads over 4 key/value heads), 4 VAR blocks, 3 scales.
@@ -24,6 +24,24 @@ pub fn gqa_checkpoint() -> tempfile::TempDir {
             z_channels: 8,
             ch: 32,
             share_quant_resi: 4,
+        },
+        ..CheckpointSpec::small()
+    };
+    make_checkpoint(dir.path(), &spec).unwrap();
+    dir
+}
+
+/// A checkpoint whose head counts divide by no degree the tests use: 6 query
+/// heads over 3 key/value heads (groups of 2), 5 VAR blocks (5 VAR heads), an
+/// MLP width of 160 (uneven over 3 ranks).
+pub fn uneven_checkpoint() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = CheckpointSpec {
+        text_heads: 6,
+        text_kv_heads: 3,
+        var: VarConfig {
+            depth: 5,
+            ..CheckpointSpec::small().var
         },
         ..CheckpointSpec::small()
     };

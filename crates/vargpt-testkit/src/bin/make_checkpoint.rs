@@ -1,10 +1,13 @@
 //! `vargpt-make-checkpoint`: writes a random-weight VARGPT model directory.
 //!
-//! Usage: `vargpt-make-checkpoint OUT_DIR [--preset small|bench-mid] [--spec spec.json]
-//!         [--dtype f32|f16|bf16] [--shard-mb N] [--seed N]`
+//! Usage: `vargpt-make-checkpoint OUT_DIR [--preset small|bench-mid|full] [--spec spec.json]
+//!         [--dtype f32|f16|bf16] [--shard-mb N] [--seed N] [--fill normal|fast]`
 
 use std::path::PathBuf;
-use vargpt_engine::checkpoint::{make_checkpoint, CheckpointSpec};
+use vargpt_testkit::{make_checkpoint, CheckpointSpec, Fill};
+
+const USAGE: &str = "vargpt-make-checkpoint OUT_DIR [--preset small|bench-mid|full] \
+[--spec spec.json] [--dtype f32|f16|bf16] [--shard-mb N] [--seed N] [--fill normal|fast]";
 
 fn main() {
     if let Err(e) = run() {
@@ -37,15 +40,22 @@ fn run() -> Result<(), String> {
                     .map_err(|e| format!("--shard-mb: {e}"))?;
                 spec.shard_bytes = Some(mb << 20);
             }
+            "--fill" => {
+                spec.fill = match val("--fill")?.as_str() {
+                    "normal" => Fill::Normal,
+                    "fast" => Fill::Fast,
+                    f => return Err(format!("--fill {f}: use normal or fast")),
+                }
+            }
             "-h" | "--help" => {
-                println!("vargpt-make-checkpoint OUT_DIR [--preset small|bench-mid] [--spec spec.json] [--dtype f32|f16|bf16] [--shard-mb N] [--seed N]");
+                println!("{USAGE}");
                 return Ok(());
             }
             other if !other.starts_with('-') && out.is_none() => out = Some(other.into()),
-            other => return Err(format!("unexpected argument {other}")),
+            other => return Err(format!("unexpected argument {other}\n{USAGE}")),
         }
     }
-    let out = out.ok_or("missing OUT_DIR")?;
+    let out = out.ok_or(format!("missing OUT_DIR\n{USAGE}"))?;
     let t = std::time::Instant::now();
     let params = make_checkpoint(&out, &spec).map_err(|e| e.to_string())?;
     eprintln!(
