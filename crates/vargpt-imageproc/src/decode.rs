@@ -2,9 +2,11 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{
+    DynamicImage, GenericImageView, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage,
+};
 
-use crate::ImageError;
+use crate::{webp, ImageError};
 
 /// Resource limits for decoding untrusted images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +52,66 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 /// Pillow's libjpeg-turbo / libwebp (IDCT and chroma upsampling), so expect
 /// small per-pixel differences (a few levels) there.
 ///
-/// Limits: `bytes.len() <= max_bytes`, `width * height <= max_pixels` checked on
-/// the header before decoding, plus an allocation cap for the decoder.
+/// Limits: `bytes.len() <= max_bytes`, `width * height <= max_pixels` and, for
+/// WebP, every frame's own size: all checked by [`check_image`] before any pixel
+/// is decoded, plus an allocation cap for the decoder.
 pub fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    let (info, decoder, max_alloc) = open(bytes, limits)?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, max_alloc))?;
+    if img.dimensions() != (info.width, info.height) {
+        return Err(ImageError::Decode(format!(
+            "decoded {}x{} image, header said {}x{}",
+            img.width(),
+            img.height(),
+            info.width,
+            info.height
+        )));
+    }
+    Ok(to_rgb8_pil(img))
+}
+
+/// The gate for untrusted input images, without decoding any pixel (what
+/// [`decode_rgb8`] runs first): the encoded size, the format (PNG, JPEG or
+/// WebP, sniffed from the content), the dimensions from the header against
+/// `limits`, and for WebP a walk over its RIFF chunks that refuses any frame
+/// whose bitstream announces another size than its canvas (or its animation
+/// rectangle), which the WebP decoder would otherwise allocate for before
+/// noticing. Reads headers only; never panics.
+///
+/// [`ImageError::TooLarge`] means a limit was exceeded; every other error
+/// means the bytes are not an acceptable image.
+pub fn check_image(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, ImageError> {
+    open(bytes, limits).map(|(info, ..)| info)
+}
+
+/// Format of an image accepted by [`check_image`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// PNG.
+    Png,
+    /// JPEG.
+    Jpeg,
+    /// WebP (lossy, lossless or extended; animations decode to their first frame).
+    WebP,
+}
+
+/// What [`check_image`] read from an image's headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The format, from the content.
+    pub format: InputFormat,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+/// Every check of [`check_image`], then the decoder ready to decode (with its
+/// allocation cap, for error messages).
+fn open<'a>(
+    bytes: &'a [u8],
+    limits: &ImageLimits,
+) -> Result<(ImageInfo, impl ImageDecoder + 'a, u64), ImageError> {
     if bytes.len() > limits.max_bytes {
         return Err(ImageError::TooLarge {
             what: "encoded size (bytes)",
@@ -63,13 +122,18 @@ pub fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Image
     let format = image::guess_format(bytes).map_err(|_| {
         ImageError::UnsupportedFormat("unrecognised image data (expected PNG, JPEG or WebP)".into())
     })?;
-    if !matches!(
-        format,
-        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP
-    ) {
-        return Err(ImageError::UnsupportedFormat(format!(
-            "{format:?} (supported: PNG, JPEG, WebP)"
-        )));
+    let input_format = match format {
+        ImageFormat::Png => InputFormat::Png,
+        ImageFormat::Jpeg => InputFormat::Jpeg,
+        ImageFormat::WebP => InputFormat::WebP,
+        other => {
+            return Err(ImageError::UnsupportedFormat(format!(
+                "{other:?} (supported: PNG, JPEG, WebP)"
+            )))
+        }
+    };
+    if input_format == InputFormat::WebP {
+        webp::check_webp(bytes, limits.max_pixels)?;
     }
 
     let mut decoder_limits = Limits::default();
@@ -96,9 +160,12 @@ pub fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Image
             limit: limits.max_pixels,
         });
     }
-
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, max_alloc))?;
-    Ok(to_rgb8_pil(img))
+    let info = ImageInfo {
+        format: input_format,
+        width,
+        height,
+    };
+    Ok((info, decoder, max_alloc))
 }
 
 fn from_image_error(e: image::ImageError, max_alloc: u64) -> ImageError {

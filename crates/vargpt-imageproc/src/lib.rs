@@ -24,13 +24,14 @@
 mod config;
 mod decode;
 pub mod resample;
+mod webp;
 
 use std::path::PathBuf;
 
 use image::RgbImage;
 
 pub use config::{CropSize, PreprocessorConfig, ResizeSize, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
-pub use decode::{decode_rgb8, ImageLimits};
+pub use decode::{check_image, decode_rgb8, ImageInfo, ImageLimits, InputFormat};
 pub use resample::{
     pil_resize, pil_resize_region, resize_shortest_edge_pil_bicubic, shortest_edge_output_size,
     PilFilter,
@@ -75,6 +76,14 @@ pub enum ImageError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl ImageError {
+    /// Whether a size limit refused the image (as opposed to bytes that are
+    /// not an acceptable image, or a configuration problem).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::TooLarge { .. })
+    }
 }
 
 /// Preprocessed image: `data` is CHW `f32`, shape `[3, height, width]`.
