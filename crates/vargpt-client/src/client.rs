@@ -1,6 +1,7 @@
 //! [`Client`]: publish jobs, await their results.
 //!
-//! Replies come back on a private reply queue: server-named, exclusive and
+//! Replies come back on a reply queue of the client's (see
+//! [`ReplyQueue`](crate::ReplyQueue)): by default a private one, server-named, exclusive and
 //! auto-deleted, one per `Client` (not per request), consumed with acks and a
 //! prefetch limit. We prefer it to RabbitMQ direct reply-to
 //! (`amq.rabbitmq.reply-to`) because
@@ -13,195 +14,84 @@
 //!   them to one), so a channel error on publish does not lose replies.
 //!
 //! Its cost, one queue declaration per connection, is paid once at connect.
+//!
+//! When the connection is lost the client opens a new one: at once in the
+//! background with a durable reply queue (jobs waiting for results keep
+//! waiting), else on the next publish (a private queue dies with its
+//! connection, so the jobs waiting then fail with [`Error::Disconnected`]).
+//! A publish that fails on a broken connection is tried again, bounded by
+//! [`RetryPolicy`]; a job may then reach the queue twice, which the contract
+//! allows (the job id is the idempotency key).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::options::BasicAckOptions;
+use lapin::Consumer;
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use vargpt_proto::json::Timestamp;
 use vargpt_proto::{Job, JobResult};
 
-use crate::config::ClientConfig;
-use crate::error::{redact_url, Error, Result};
+use crate::config::{ClientConfig, RetryPolicy};
+use crate::error::{Error, Result};
+use crate::link::{self, Link};
+use crate::waiters::{WaiterGuard, Waiters};
 use crate::wire;
 
-type Waiter = oneshot::Sender<Result<JobResult>>;
-
-/// Jobs waiting for their result, by correlation id.
-#[derive(Default)]
-struct Waiters {
-    state: Mutex<WaitState>,
-}
-
-#[derive(Default)]
-struct WaitState {
-    by_correlation: HashMap<String, Waiter>,
-    /// Set once the reply consumer is gone: why.
-    closed: Option<String>,
-}
-
-impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, WaitState> {
-        // A panic while holding this lock leaves the map consistent (each
-        // operation is one insert or remove), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn register(
-        &self,
-        job_id: &str,
-        correlation_id: &str,
-    ) -> Result<oneshot::Receiver<Result<JobResult>>> {
-        let mut state = self.lock();
-        if let Some(reason) = &state.closed {
-            return Err(Error::Disconnected {
-                job_id: job_id.to_string(),
-                reason: reason.clone(),
-            });
-        }
-        if state.by_correlation.contains_key(correlation_id) {
-            return Err(Error::DuplicateCorrelationId(correlation_id.to_string()));
-        }
-        let (tx, rx) = oneshot::channel();
-        state.by_correlation.insert(correlation_id.to_string(), tx);
-        Ok(rx)
-    }
-
-    fn take(&self, correlation_id: &str) -> Option<Waiter> {
-        self.lock().by_correlation.remove(correlation_id)
-    }
-
-    /// Fails every waiting job: its result can no longer arrive.
-    fn close(&self, reason: String) {
-        let waiting = {
-            let mut state = self.lock();
-            state.closed = Some(reason.clone());
-            std::mem::take(&mut state.by_correlation)
-        };
-        for (_, tx) in waiting {
-            // The job id is filled in by `submit`, which knows it.
-            let _ = tx.send(Err(Error::Disconnected {
-                job_id: String::new(),
-                reason: reason.clone(),
-            }));
-        }
-    }
-}
-
-/// Removes a waiter when its `submit` ends for any reason (result, timeout,
-/// error, or the future being dropped).
-struct WaiterGuard<'a> {
-    waiters: &'a Waiters,
-    correlation_id: String,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.waiters.take(&self.correlation_id);
-    }
-}
-
 struct Inner {
-    connection: Connection,
-    /// In confirm mode; replaced when a channel-level error closed it.
-    publish: tokio::sync::Mutex<Channel>,
-    reply_queue: String,
+    amqp_url: String,
     config: ClientConfig,
     waiters: Arc<Waiters>,
     correlation_prefix: String,
     counter: AtomicU64,
-    reply_task: JoinHandle<()>,
+    link: tokio::sync::Mutex<Link>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // The consumer task holds the reply channel; once it is gone the
         // connection closes itself when dropped.
-        self.reply_task.abort();
+        self.link.get_mut().stop();
     }
 }
 
 /// A connection to the broker that submits jobs and awaits their results.
 /// Cheap to clone; clones share the connection and the reply queue.
 ///
-/// The client does not reconnect: after [`Error::Disconnected`] or a
-/// connection-level [`Error::Broker`], create a new one.
+/// A lost connection is re-opened (see the [module docs](self)); after
+/// [`Client::close`] the client refuses new jobs.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 impl Client {
-    /// Connects, declares the private reply queue and starts consuming it.
+    /// Connects, declares the reply queue and starts consuming it. The first
+    /// connection is tried once, so a wrong URL fails at once.
     pub async fn connect(amqp_url: &str, config: ClientConfig) -> Result<Client> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(config.connection_name.clone().into());
-        let connection = Connection::connect(amqp_url, props)
-            .await
-            .map_err(|source| Error::Connect {
-                url: redact_url(amqp_url),
-                source,
-            })?;
-        let publish = connection.create_channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-
-        let replies = connection.create_channel().await?;
-        replies
-            .basic_qos(config.reply_prefetch.max(1), BasicQosOptions::default())
-            .await?;
-        let queue_options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = replies
-            .queue_declare("".into(), queue_options, FieldTable::default())
-            .await?;
         let correlation_prefix = unique_prefix();
-        let consumer = replies
-            .basic_consume(
-                queue.name().clone(),
-                format!("vargpt-client-{correlation_prefix}").into(),
-                BasicConsumeOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let waiters = Arc::new(Waiters::default());
-        let reply_task = tokio::spawn(reply_loop(consumer, Arc::clone(&waiters)));
-        Ok(Client {
-            inner: Arc::new(Inner {
-                connection,
-                publish: tokio::sync::Mutex::new(publish),
-                reply_queue: queue.name().to_string(),
-                config,
-                waiters,
-                correlation_prefix,
-                counter: AtomicU64::new(0),
-                reply_task,
-            }),
-        })
+        let (link, consumer) =
+            link::open(amqp_url, &config, consumer_tag(&correlation_prefix, 0), 0).await?;
+        let inner = Arc::new(Inner {
+            amqp_url: amqp_url.to_string(),
+            config,
+            waiters: Arc::new(Waiters::default()),
+            correlation_prefix,
+            counter: AtomicU64::new(0),
+            link: tokio::sync::Mutex::new(link),
+        });
+        let task = spawn_reply_loop(consumer, &inner, 0);
+        inner.link.lock().await.reply_task = Some(task);
+        Ok(Client { inner })
     }
 
-    /// The private queue results come back on (set as every job's `replyTo`).
-    pub fn reply_queue(&self) -> &str {
-        &self.inner.reply_queue
+    /// The queue results come back on (set as every submitted job's
+    /// `replyTo`). A private queue gets a new name after a reconnect.
+    pub async fn reply_queue(&self) -> String {
+        self.inner.link.lock().await.reply_queue.clone()
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -212,8 +102,10 @@ impl Client {
     /// timeout. An error *result* (status `error`) is an `Ok` here: the job
     /// was answered; see [`crate::check`] to turn it into an `Err`.
     ///
-    /// The job's `replyTo` is replaced by this client's reply queue; an empty
-    /// `correlationId` is filled with a unique one.
+    /// The result comes back on this client's reply queue: an empty `replyTo`
+    /// is set to it, and a job whose `replyTo` names another queue is refused
+    /// (use [`Client::publish`] to have results delivered elsewhere). An
+    /// empty `correlationId` is filled with a unique one.
     pub async fn submit(&self, job: Job) -> Result<JobResult> {
         self.submit_with_timeout(job, self.inner.config.timeout)
             .await
@@ -221,38 +113,20 @@ impl Client {
 
     /// [`submit`](Self::submit) with its own timeout.
     pub async fn submit_with_timeout(&self, mut job: Job, timeout: Duration) -> Result<JobResult> {
-        if job.id.is_empty() {
-            return Err(Error::InvalidJob {
-                job_id: String::new(),
-                reason: "id is required".into(),
-            });
-        }
+        check_id(&job)?;
         if job.correlation_id.is_empty() {
             job.correlation_id = self.next_correlation_id();
         }
-        job.reply_to = self.inner.reply_queue.clone();
         if self.inner.config.set_deadline && job.deadline.is_none() {
             job.deadline = Some(Timestamp(time::OffsetDateTime::now_utc() + timeout));
         }
-        let props = wire::job_properties(&job.id, &job.correlation_id, &job.reply_to)?;
-
         let waiters = &*self.inner.waiters;
         let rx = waiters.register(&job.id, &job.correlation_id)?;
         let _guard = WaiterGuard {
             waiters,
             correlation_id: job.correlation_id.clone(),
         };
-        let channel = self.publish_channel(&job.id).await?;
-        let config = &self.inner.config;
-        wire::publish_confirmed(
-            &channel,
-            &config.exchange,
-            &config.job_queue,
-            &job.to_json(),
-            props,
-            &job.id,
-        )
-        .await?;
+        self.publish_with_retry(&mut job, true).await?;
 
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(result))) => Ok(result),
@@ -270,6 +144,20 @@ impl Client {
                 timeout,
             }),
         }
+    }
+
+    /// Publishes a job (confirmed, retried like [`submit`](Self::submit))
+    /// without waiting for its result, which goes where the job says: its
+    /// `replyTo` queue, or with no `replyTo` the results exchange
+    /// (`{prefix}.results`). Returns the job's correlation id (generated
+    /// when empty). A deadline is not added.
+    pub async fn publish(&self, mut job: Job) -> Result<String> {
+        check_id(&job)?;
+        if job.correlation_id.is_empty() {
+            job.correlation_id = self.next_correlation_id();
+        }
+        self.publish_with_retry(&mut job, false).await?;
+        Ok(job.correlation_id)
     }
 
     /// Submits jobs with at most `max_in_flight` of them waiting at once and
@@ -300,37 +188,213 @@ impl Client {
         .buffer_unordered(limit)
     }
 
-    /// Closes the connection; waiting submits fail with [`Error::Disconnected`].
+    /// Closes the connection; waiting submits fail with
+    /// [`Error::Disconnected`] and new ones are refused.
     pub async fn close(&self) -> Result<()> {
-        self.inner
-            .connection
-            .close(200, "client closed".into())
-            .await?;
+        self.inner.waiters.close("client closed");
+        let link = self.inner.link.lock().await;
+        if link.connection.status().connected() {
+            link.connection.close(200, "client closed".into()).await?;
+        }
         Ok(())
     }
 
-    async fn publish_channel(&self, job_id: &str) -> Result<Channel> {
-        let mut channel = self.inner.publish.lock().await;
-        if !channel.status().connected() {
-            if !self.inner.connection.status().connected() {
-                return Err(Error::Disconnected {
-                    job_id: job_id.to_string(),
-                    reason: "connection closed".into(),
+    /// One job to the job queue, tried again (after a pause, on a new
+    /// channel or connection) while the failure is transient. With
+    /// `to_us`, the job's `replyTo` must be empty or our reply queue.
+    async fn publish_with_retry(&self, job: &mut Job, to_us: bool) -> Result<()> {
+        let retry = &self.inner.config.retry;
+        if to_us && !job.reply_to.is_empty() {
+            let ours = self.reply_queue().await;
+            if job.reply_to != ours {
+                return Err(Error::InvalidJob {
+                    job_id: job.id.clone(),
+                    reason: format!(
+                        "replyTo {:?} is not this client's reply queue {ours:?}: use \
+                         Client::publish, or ClientConfig::reply_queue",
+                        job.reply_to
+                    ),
                 });
             }
-            let fresh = self.inner.connection.create_channel().await?;
-            fresh
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            *channel = fresh;
         }
-        Ok(channel.clone())
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = self.publish_once(job, to_us).await;
+            match outcome {
+                Err(e) if e.is_transient() && tries < retry.max_attempts.max(1) => {
+                    if let Some(reason) = self.inner.waiters.closed() {
+                        return Err(Error::Disconnected {
+                            job_id: job.id.clone(),
+                            reason,
+                        });
+                    }
+                    let pause = retry.backoff(tries);
+                    tracing::warn!(job_id = %job.id, tries, ?pause, "publish failed, trying again: {e}");
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn publish_once(&self, job: &mut Job, to_us: bool) -> Result<()> {
+        if let Some(reason) = self.inner.waiters.closed() {
+            return Err(Error::Disconnected {
+                job_id: job.id.clone(),
+                reason,
+            });
+        }
+        let (channel, reply_queue, generation) = self.current_link(&job.id).await?;
+        if to_us {
+            // A private reply queue is renamed by a reconnect: follow it.
+            job.reply_to = reply_queue;
+        }
+        let props = wire::job_properties(&job.id, &job.correlation_id, &job.reply_to)?;
+        let config = &self.inner.config;
+        wire::publish_confirmed(
+            &channel,
+            &config.exchange,
+            &config.job_queue,
+            &job.to_json(),
+            props,
+            &job.id,
+        )
+        .await?;
+        if to_us && !config.reply_queue.survives_reconnect() {
+            // Its result can only come to this link's private queue. Noted
+            // under the link lock, so that a loss of the link either fails
+            // this job later or is seen now (and the job is sent again).
+            let link = self.inner.link.lock().await;
+            if link.generation != generation || link.broken {
+                return Err(Error::Disconnected {
+                    job_id: job.id.clone(),
+                    reason: "the reply queue was lost with the connection".into(),
+                });
+            }
+            self.inner.waiters.mark(&job.correlation_id, generation);
+        }
+        Ok(())
+    }
+
+    /// The publishing channel and reply queue of a working link, opening a
+    /// new link (one try) when the connection is gone.
+    async fn current_link(&self, job_id: &str) -> Result<(lapin::Channel, String, u64)> {
+        let mut link = self.inner.link.lock().await;
+        if !link.connected() {
+            if self.inner.config.retry.max_attempts <= 1 {
+                return Err(Error::Disconnected {
+                    job_id: job_id.to_string(),
+                    reason: "connection lost (reconnecting is off)".into(),
+                });
+            }
+            self.inner.reopen(&mut link).await?;
+        }
+        let channel = link.publish_channel().await?;
+        Ok((channel, link.reply_queue.clone(), link.generation))
     }
 
     fn next_correlation_id(&self) -> String {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}.{n}", self.inner.correlation_prefix)
     }
+}
+
+impl Inner {
+    /// Replaces a broken link by a new one (one try).
+    async fn reopen(self: &Arc<Self>, link: &mut Link) -> Result<()> {
+        let generation = link.generation + 1;
+        let tag = consumer_tag(&self.correlation_prefix, generation);
+        let (mut fresh, consumer) =
+            link::open(&self.amqp_url, &self.config, tag, generation).await?;
+        fresh.reply_task = Some(spawn_reply_loop(consumer, self, generation));
+        tracing::info!(generation, reply_queue = %fresh.reply_queue, "reconnected to the broker");
+        let mut old = std::mem::replace(link, fresh);
+        old.stop();
+        if old.connection.status().connected() {
+            // In the background: a half-dead connection may not answer.
+            tokio::spawn(async move {
+                let _ = old.connection.close(200, "replaced".into()).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// The reply consumer of link `generation` stopped: `reason`.
+    async fn link_lost(self: Arc<Self>, generation: u64, reason: String) {
+        if self.waiters.closed().is_some() {
+            return;
+        }
+        tracing::warn!(generation, %reason, "lost the connection to the broker");
+        {
+            // Without its consumer the link is of no use, even if the
+            // connection itself is still up (e.g. the queue was deleted).
+            let mut link = self.link.lock().await;
+            if link.generation == generation {
+                link.broken = true;
+            }
+        }
+        if !self.config.reply_queue.survives_reconnect() {
+            // Results to a private queue died with it.
+            self.waiters.fail_link(generation, &reason);
+            return;
+        }
+        if self.config.retry.max_attempts <= 1 {
+            self.waiters.fail_all(&reason);
+            return;
+        }
+        // Results wait in the durable queue: consume it again, now.
+        let retry: &RetryPolicy = &self.config.retry;
+        for tries in 1..=retry.max_attempts {
+            {
+                let mut link = self.link.lock().await;
+                if link.generation != generation || self.waiters.closed().is_some() {
+                    return; // a publish reconnected first, or the client was closed
+                }
+                match self.reopen(&mut link).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(tries, "reconnect failed: {e}"),
+                }
+            }
+            tokio::time::sleep(retry.backoff(tries)).await;
+        }
+        self.waiters.fail_all(&reason);
+    }
+}
+
+fn check_id(job: &Job) -> Result<()> {
+    if job.id.is_empty() {
+        return Err(Error::InvalidJob {
+            job_id: String::new(),
+            reason: "id is required".into(),
+        });
+    }
+    Ok(())
+}
+
+fn consumer_tag(prefix: &str, generation: u64) -> String {
+    format!("vargpt-client-{prefix}-{generation}")
+}
+
+fn spawn_reply_loop(
+    consumer: Consumer,
+    inner: &Arc<Inner>,
+    generation: u64,
+) -> tokio::task::JoinHandle<()> {
+    let waiters = Arc::clone(&inner.waiters);
+    let durable = inner.config.reply_queue.survives_reconnect();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let reason = reply_loop(consumer, &waiters, durable).await;
+        tracing::debug!(%reason, generation, "reply consumer stopped");
+        match weak.upgrade() {
+            // Not in this task: the new link's drop of the old one aborts it.
+            Some(inner) => {
+                tokio::spawn(inner.link_lost(generation, reason));
+            }
+            None => waiters.close(&reason),
+        }
+    })
 }
 
 /// 12 hex digits that differ between processes and clients, so correlation
@@ -347,24 +411,23 @@ fn unique_prefix() -> String {
     hex::encode(&h.finalize()[..6])
 }
 
-async fn reply_loop(mut consumer: Consumer, waiters: Arc<Waiters>) {
-    let reason = loop {
+/// Hands each reply to its waiting job until the consumer stops; returns why.
+async fn reply_loop(mut consumer: Consumer, waiters: &Waiters, durable: bool) -> String {
+    loop {
         match consumer.next().await {
             Some(Ok(delivery)) => {
-                hand_over(&waiters, &delivery);
+                hand_over(waiters, &delivery, durable);
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    break format!("cannot ack a reply: {e}");
+                    return format!("cannot ack a reply: {e}");
                 }
             }
-            Some(Err(e)) => break e.to_string(),
-            None => break "the reply consumer was cancelled".to_string(),
+            Some(Err(e)) => return e.to_string(),
+            None => return "the reply consumer was cancelled".to_string(),
         }
-    };
-    tracing::debug!(%reason, "reply consumer stopped");
-    waiters.close(reason);
+    }
 }
 
-fn hand_over(waiters: &Waiters, delivery: &Delivery) {
+fn hand_over(waiters: &Waiters, delivery: &Delivery, durable: bool) {
     let Some(correlation_id) = wire::reply_correlation_id(delivery) else {
         tracing::warn!(
             bytes = delivery.data.len(),
@@ -376,7 +439,9 @@ fn hand_over(waiters: &Waiters, delivery: &Delivery) {
         Some(tx) => {
             let _ = tx.send(wire::decode_result(&correlation_id, &delivery.data));
         }
-        // A duplicate (redelivered job) or a result that came after its timeout.
+        // A duplicate (redelivered job), a result that came after its
+        // timeout, or on a durable queue one for an earlier process.
+        None if durable => tracing::info!(%correlation_id, "reply for no waiting job dropped"),
         None => tracing::debug!(%correlation_id, "reply for no waiting job dropped"),
     }
 }
@@ -404,22 +469,6 @@ pub fn check(result: JobResult) -> Result<JobResult> {
 mod tests {
     use super::*;
     use vargpt_proto::{ErrorCode, ErrorInfo, ResultStatus};
-
-    #[test]
-    fn waiters_fail_when_closed_and_refuse_duplicates() {
-        let w = Waiters::default();
-        let mut rx = w.register("a", "c1").unwrap();
-        assert!(matches!(
-            w.register("b", "c1"),
-            Err(Error::DuplicateCorrelationId(_))
-        ));
-        w.close("gone".into());
-        assert!(matches!(rx.try_recv(), Ok(Err(Error::Disconnected { .. }))));
-        assert!(matches!(
-            w.register("c", "c2"),
-            Err(Error::Disconnected { .. })
-        ));
-    }
 
     #[test]
     fn prefixes_differ() {

@@ -59,6 +59,19 @@ pub enum Error {
     #[error("job {job_id:?}: {reason}")]
     InvalidJob { job_id: String, reason: String },
 
+    /// The reply queue cannot be declared (a durable one that exists with
+    /// other arguments) or does not exist (an existing one).
+    #[error("reply queue {queue:?}: {source}")]
+    ReplyQueue {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// The [`crate::ClientConfig`] cannot work (e.g. a durable reply queue without a name).
+    #[error("invalid client configuration: {0}")]
+    InvalidConfig(String),
+
     /// A job with this correlation id is already waiting for its result.
     #[error("correlation id {0:?} is already in flight")]
     DuplicateCorrelationId(String),
@@ -84,6 +97,35 @@ impl Error {
             | Error::JobFailed { job_id, .. } => Some(job_id),
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// Whether trying again later may work: the broker was unreachable or
+    /// the connection (or a channel of it) broke. A refused job, a missing
+    /// queue or a bad job is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Disconnected { .. } => true,
+            Error::Broker(e) => transient_amqp(e),
+            _ => false,
+        }
+    }
+}
+
+/// I/O errors, lost heartbeats, closed connections or channels, and
+/// connection-level (hard) protocol errors such as a forced close; a
+/// channel-level (soft) error such as "no such exchange" would only repeat.
+fn transient_amqp(e: &lapin::Error) -> bool {
+    use lapin::ErrorKind as K;
+    match e.kind() {
+        K::IOError(_)
+        | K::MissingHeartbeatError
+        | K::InvalidChannel(_)
+        | K::InvalidChannelState(..)
+        | K::InvalidConnectionState(_) => true,
+        K::ProtocolError(_) => e.is_amqp_hard_error(),
+        _ => false,
     }
 }
 
@@ -121,5 +163,18 @@ mod tests {
         assert_eq!(redact_url("amqp://host"), "amqp://host");
         assert_eq!(redact_url("nonsense"), "nonsense");
         assert_eq!(redact_url("amqps://u:p@w@h/v"), "amqps://u@h/v");
+    }
+
+    #[test]
+    fn only_connection_trouble_is_transient() {
+        let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(Error::Broker(io).is_transient());
+        assert!(Error::Disconnected {
+            job_id: "a".into(),
+            reason: "x".into()
+        }
+        .is_transient());
+        assert!(!Error::Nacked { job_id: "a".into() }.is_transient());
+        assert!(!Error::InvalidConfig("x".into()).is_transient());
     }
 }

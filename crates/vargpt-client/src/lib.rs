@@ -7,8 +7,11 @@
 //!   the broker refuses ([`Error::Nacked`]) or cannot route, e.g. to a queue
 //!   that does not exist ([`Error::Unroutable`]), fails at once instead of
 //!   timing out.
-//! * Results come back on a private reply queue of the client and are matched
-//!   by correlation id (see [`client`] for why not direct reply-to).
+//! * Results come back on a reply queue of the client's, private by default
+//!   or durable and named by the caller ([`ReplyQueue`]), and are matched by
+//!   correlation id (see [`client`] for why not direct reply-to).
+//! * A lost connection is re-opened and failed publishes are tried again,
+//!   bounded, with back-off ([`RetryPolicy`]).
 //!
 //! Submit one job and wait for its answer:
 //!
@@ -74,12 +77,14 @@
 pub mod client;
 pub mod config;
 pub mod error;
+mod link;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod waiters;
 pub mod wire;
 
 pub use client::{check, Client};
-pub use config::{ClientConfig, DEFAULT_JOB_QUEUE};
+pub use config::{ClientConfig, ReplyQueue, RetryPolicy, DEFAULT_JOB_QUEUE};
 pub use error::{Error, Result};
 
 /// The contract types (`Job`, `JobResult`, …).

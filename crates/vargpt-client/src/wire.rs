@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 
 /// Header with the publish time in Unix milliseconds; the worker measures the
 /// queue wait from it (the AMQP `timestamp` property has only seconds).
-pub const ENQUEUED_AT_HEADER: &str = "x-enqueued-at-ms";
+pub use vargpt_proto::wire::headers::ENQUEUED_AT_MS as ENQUEUED_AT_HEADER;
 
 /// Persistent delivery mode: jobs survive a broker restart on durable queues.
 const PERSISTENT: u8 = 2;
@@ -145,7 +145,18 @@ mod tests {
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("job-1"));
         assert_eq!(*p.delivery_mode(), Some(2));
         let headers = p.headers().as_ref().unwrap();
-        assert!(headers.contains_key(ENQUEUED_AT_HEADER));
+        // The name the worker reads (not the legacy one), in milliseconds.
+        assert_eq!(ENQUEUED_AT_HEADER, vargpt_proto::wire::ENQUEUED_AT_MS);
+        assert!(!headers.contains_key(vargpt_proto::wire::LEGACY_ENQUEUED_AT_MS));
+        let Some(AMQPValue::LongLongInt(ms)) = headers.inner().get(ENQUEUED_AT_HEADER) else {
+            panic!("no {ENQUEUED_AT_HEADER}: {headers:?}");
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!((now_ms - 5_000..=now_ms).contains(ms), "{ms} vs {now_ms}");
+        assert_eq!(p.timestamp().unwrap(), (*ms as u64) / 1000);
     }
 
     #[test]

@@ -54,7 +54,7 @@ async fn submit_returns_the_result_of_its_job() {
     // The job travelled with our reply queue, a generated correlation id and a deadline.
     let seen = fleet[0].seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].job.reply_to, client.reply_queue());
+    assert_eq!(seen[0].job.reply_to, client.reply_queue().await);
     assert_eq!(seen[0].job.correlation_id, result.correlation_id);
     assert!(!result.correlation_id.is_empty());
     assert!(seen[0].job.deadline.is_some());

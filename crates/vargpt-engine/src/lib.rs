@@ -1,22 +1,35 @@
 //! vargpt-engine: turns the pure model into a service — requests, sampling, the
-//! unified text→image loop, model resolution (directory or hub id).
+//! unified text→image loop, continuous batching, model resolution (directory or hub id).
 
 pub mod engine;
 pub mod error;
-pub mod generate;
 pub mod hub;
+mod load;
+pub mod observer;
+pub mod options;
 pub mod parallel;
+pub mod prefill;
+pub mod prompt;
 pub mod request;
+mod response;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 
-pub use engine::{
-    parse_dtype, select_device, validate_params, Engine, EngineLimits, LoadOptions, Prepared,
-};
+/// The former home of the observer hooks and [`prefill::prefill`], kept so that
+/// older callers still build; new code uses [`observer`] and [`prefill`].
+pub mod generate {
+    pub use crate::observer::{NoObserver, Observer};
+    pub use crate::prefill::prefill;
+    pub use crate::sequence::{ImageOutput, ImageSampling};
+}
+
+pub use engine::Engine;
 pub use error::EngineError;
-pub use generate::{ImageOutput, ImageSampling, NoObserver, Observer};
+pub use observer::{NoObserver, Observer};
+pub use options::{parse_dtype, select_device, EngineLimits, LoadOptions};
+pub use prompt::{validate_params, Prepared};
 pub use request::{FinishReason, GeneratedImage, Request, Response, SamplingParams, Task, Timings};
 pub use sampling::{NoiseSource, RecordedNoise, RngNoise};
 pub use scheduler::{BatchConfig, Reply, Scheduler};
-pub use sequence::Sequence;
+pub use sequence::{ImageOutput, ImageSampling, Sequence};

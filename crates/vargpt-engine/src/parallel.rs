@@ -1,8 +1,8 @@
 //! Building the tensor-parallel ranks of an engine: one shard per device, connected
 //! by NCCL on GPUs (feature `nccl`) or by the in-process thread communicator.
 
-use crate::engine::LoadOptions;
 use crate::error::EngineError;
+use crate::options::LoadOptions;
 use candle_core::Device;
 use std::sync::Arc;
 use vargpt_model::tp::{Communicator, Shard, ThreadComm};

@@ -135,6 +135,12 @@ pub trait NoiseSource {
     fn normal(&mut self, stage: usize, len: usize, rng: &mut StdRng) -> Vec<f32>;
 }
 
+impl<N: NoiseSource + ?Sized> NoiseSource for &mut N {
+    fn normal(&mut self, stage: usize, len: usize, rng: &mut StdRng) -> Vec<f32> {
+        (**self).normal(stage, len, rng)
+    }
+}
+
 /// The default: N(0, 1) from the request's RNG.
 pub struct RngNoise;
 

@@ -31,8 +31,12 @@ pub enum ModelError {
     Template(String),
     #[error("image preprocessing: {0}")]
     Image(#[from] vargpt_imageproc::ImageError),
+    /// The caller's input is wrong (e.g. image tokens without an image).
     #[error("input: {0}")]
     Input(String),
+    /// A fault inside the model (a broken invariant, a panicked rank), never the input's.
+    #[error("internal: {0}")]
+    Internal(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -203,14 +203,14 @@ impl Llama {
     ) -> Result<Tensor> {
         let rows: usize = segments.iter().map(|(_, l)| *l).sum();
         if rows != x.dim(0)? {
-            return Err(ModelError::Input(format!(
+            return Err(ModelError::Internal(format!(
                 "ragged batch: {} rows for segments totalling {rows}",
                 x.dim(0)?
             )));
         }
         for (cache, l) in segments.iter() {
             if cache.len + l > self.max_positions {
-                return Err(ModelError::Input(format!(
+                return Err(ModelError::Internal(format!(
                     "sequence of {} positions exceeds max_position_embeddings {}",
                     cache.len + l,
                     self.max_positions
@@ -460,7 +460,7 @@ impl Attention {
         let d = self.head_dim;
         let (kc, vc, cap) = buf
             .raw_f32()
-            .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
+            .ok_or_else(|| ModelError::Internal("kv buffer is not CPU f32".into()))?;
         Ok(vargpt_kernels::attn::attend(
             q,
             l,

@@ -6,7 +6,7 @@ use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::projector::Mlp2;
 use crate::tp::Shard;
-use crate::var::Var;
+use crate::var::{Var, VarCache};
 use crate::vqvae::Vqvae;
 use crate::weights::{Vb, Weights};
 use candle_core::{DType, Device, Tensor};
@@ -113,5 +113,40 @@ impl VargptModel {
             }
         }
         Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+    }
+
+    // The image head's stage arithmetic (reference §4.2), so that callers step a
+    // picture without wiring `gen_in`, `gen_out`, VAR and the VQVAE themselves.
+
+    /// LLM input of stage 0 of a new picture, `[pn₀², hidden]`.
+    pub fn image_first_input(&self) -> Result<Tensor> {
+        let cls = self.var.class_embedding(self.config.gen_class_index())?;
+        Ok(self
+            .gen_in
+            .forward(&self.var.first_tokens(&cls)?)?
+            .squeeze(0)?)
+    }
+
+    /// VAR logits `[Σlᵢ, V]` (f32) of several pictures' stages: `hidden [Σlᵢ, hidden]`
+    /// holds the LLM outputs (and CFG noise rows) back to back, one segment per
+    /// `(cache, lᵢ)`.
+    pub fn image_logits(
+        &self,
+        hidden: &Tensor,
+        segments: &mut [(&mut VarCache, usize)],
+    ) -> Result<Tensor> {
+        let lens: Vec<usize> = segments.iter().map(|(_, l)| *l).collect();
+        let x = self.gen_out.forward_seqs(hidden, &lens)?;
+        let cls = self.var.class_embedding(self.config.gen_class_index())?;
+        self.var.forward_ragged(&x, &cls, segments)
+    }
+
+    /// LLM input of stage `k` (`k ≥ 1`) from the accumulated f̂: `[pn_k², hidden]`.
+    pub fn image_stage_input(&self, k: usize, fhat: &Tensor) -> Result<Tensor> {
+        let nxt = self.vqvae.downsample(k, fhat)?;
+        Ok(self
+            .gen_in
+            .forward(&self.var.stage_tokens(k, &nxt)?)?
+            .squeeze(0)?)
     }
 }

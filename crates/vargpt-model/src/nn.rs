@@ -117,7 +117,7 @@ fn linear_cpu(x: &Tensor, w: &Tensor, seqs: &[usize]) -> Result<Option<Tensor>> 
     let one = [m];
     let seqs = if seqs.is_empty() { &one[..] } else { seqs };
     if seqs.iter().sum::<usize>() != m {
-        return Err(crate::error::ModelError::Input(format!(
+        return Err(crate::error::ModelError::Internal(format!(
             "ragged rows: sequences of {seqs:?} for {m} rows"
         )));
     }

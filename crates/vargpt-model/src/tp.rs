@@ -175,7 +175,7 @@ where
         let r0 = f(rank0, part0);
         for h in handles {
             h.join().map_err(|_| {
-                crate::error::ModelError::Input("tensor-parallel rank panicked".into())
+                crate::error::ModelError::Internal("tensor-parallel rank panicked".into())
             })??;
         }
         r0

@@ -346,7 +346,7 @@ impl Block {
         let total = buf.len();
         let (kc, vc, cap) = buf
             .raw_f32()
-            .ok_or_else(|| ModelError::Input("kv buffer is not CPU f32".into()))?;
+            .ok_or_else(|| ModelError::Internal("kv buffer is not CPU f32".into()))?;
         let out = vargpt_kernels::attn::attend(&q, l, h, h, d, kc, vc, cap, |_| total, 1.0);
         Ok(Tensor::from_vec(out, (l, c), dev)?)
     }

@@ -388,6 +388,12 @@ impl Vqvae {
         Ok((fhat + self.phi(k, &h)?)?)
     }
 
+    /// `f̂` plus stage `k`'s chosen codes `[pn²]`.
+    pub fn add_codes(&self, k: usize, fhat: &Tensor, codes: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(codes, self.codebook.device())?;
+        self.add_stage(k, fhat, &self.embed_codes(k, &ids)?)
+    }
+
     /// Area-downsample f̂ to stage `k`'s grid: `[1, Cv, pn, pn]`.
     pub fn downsample(&self, k: usize, fhat: &Tensor) -> Result<Tensor> {
         let d = &self.down[k];

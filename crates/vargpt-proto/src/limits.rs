@@ -33,13 +33,49 @@ impl Default for Limits {
     }
 }
 
+/// The instruction of a caption job whose prompt is empty.
+pub const DEFAULT_CAPTION_PROMPT: &str = "Describe the image.";
+
 /// Fixed sanity ranges of the sampling knobs (not configurable: outside them
-/// the engine's behaviour is meaningless, not just expensive).
-pub(crate) mod ranges {
-    pub const TEMPERATURE: (f64, f64) = (0.0, 100.0); // (exclusive, inclusive]
-    pub const TOP_P: (f64, f64) = (0.0, 1.0); // (exclusive, inclusive]
-    pub const REPETITION_PENALTY: (f64, f64) = (0.0, 10.0); // (exclusive, inclusive]
-    pub const CFG_SCALE: (f64, f64) = (0.0, 50.0); // [inclusive, inclusive]
+/// the engine's behaviour is meaningless, not just expensive). Defined here
+/// once: the validator and the engine both check against them.
+pub mod ranges {
+    /// `(lo, hi]`: see [`in_open_closed`].
+    pub const TEMPERATURE: (f64, f64) = (0.0, 100.0);
+    /// `(lo, hi]`, for `top_p` and `image_top_p`.
+    pub const TOP_P: (f64, f64) = (0.0, 1.0);
+    /// `(lo, hi]`.
+    pub const REPETITION_PENALTY: (f64, f64) = (0.0, 10.0);
+    /// `[lo, hi]`: see [`in_closed`]; 0 turns classifier-free guidance off.
+    pub const CFG_SCALE: (f64, f64) = (0.0, 50.0);
+    /// Largest `top_k` / `image_top_k`. Text top-k 0 disables it.
     pub const TOP_K_MAX: u32 = 100_000;
+    /// The image head always samples from at least one code.
+    pub const IMAGE_TOP_K_MIN: u32 = 1;
     pub const ID_MAX_LEN: usize = 128;
+
+    /// `lo < v <= hi` and finite.
+    pub fn in_open_closed(v: f64, (lo, hi): (f64, f64)) -> bool {
+        v.is_finite() && v > lo && v <= hi
+    }
+
+    /// `lo <= v <= hi` and finite.
+    pub fn in_closed(v: f64, (lo, hi): (f64, f64)) -> bool {
+        v.is_finite() && v >= lo && v <= hi
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn open_closed_excludes_the_low_end_and_non_finite() {
+            assert!(!in_open_closed(0.0, TEMPERATURE));
+            assert!(in_open_closed(100.0, TEMPERATURE));
+            assert!(!in_open_closed(100.5, TEMPERATURE));
+            assert!(!in_open_closed(f64::NAN, TOP_P));
+            assert!(in_closed(0.0, CFG_SCALE));
+            assert!(!in_closed(f64::INFINITY, CFG_SCALE));
+        }
+    }
 }

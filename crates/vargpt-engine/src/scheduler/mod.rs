@@ -2,20 +2,30 @@
 //! requests between steps (up to a batch size and a per-step token budget), steps
 //! them together, and answers each one as soon as it finishes — the scheme of
 //! vLLM / TGI, on ragged batches (no padding, so results equal unbatched ones).
+//!
+//! [`policy`] decides (pure, tested without a model); `batcher` is the thread
+//! that carries it out, containing panics and failed steps so that only the
+//! request at fault fails; [`Scheduler`] is the handle callers hold.
 
-use crate::engine::Engine;
+mod batcher;
+pub mod policy;
+mod stepper;
+
+pub use batcher::Reply;
+pub use policy::Policy;
+pub use stepper::Stepper;
+
+use crate::engine::{with_seed, Engine};
 use crate::error::EngineError;
-use crate::generate::{NoObserver, Observer};
+use crate::observer::{NoObserver, Observer};
 use crate::request::{Request, Response};
-use crate::sampling::RngNoise;
-use crate::sequence::Sequence;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::Arc;
+use batcher::{Answer, Job};
+use policy::Deadline;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-/// Called with the finished request's result.
-pub type Reply = Box<dyn FnOnce(Result<Response, EngineError>) + Send>;
+use std::time::{Duration, Instant};
 
 /// Limits of one batch.
 #[derive(Clone)]
@@ -38,60 +48,120 @@ impl Default for BatchConfig {
     }
 }
 
-struct Submission {
-    req: Request,
-    observer: Box<dyn Observer + Send>,
-    reply: Reply,
+/// Handle to the batching thread. Dropping it lets the thread finish the running
+/// and queued requests and exit.
+pub struct Scheduler {
+    tx: Option<Sender<Job>>,
+    handle: Option<JoinHandle<()>>,
+    alive: Arc<AtomicBool>,
 }
 
-/// Handle to the batching thread. Dropping it lets the thread finish the running
-/// sequences and exit.
-pub struct Scheduler {
-    tx: Option<Sender<Submission>>,
-    handle: Option<JoinHandle<()>>,
+/// Clears the health flag when the batching thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Scheduler {
     pub fn spawn(engine: Arc<Engine>, cfg: BatchConfig) -> Self {
+        Self::spawn_with(engine, cfg)
+    }
+
+    /// A scheduler over any [`Stepper`] (tests use stand-ins for the engine).
+    pub fn spawn_with<S: Stepper + Send + 'static>(stepper: S, cfg: BatchConfig) -> Self {
         let (tx, rx) = mpsc::channel();
-        let handle = std::thread::Builder::new()
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
+        let policy = Policy::new(cfg.max_batch, cfg.max_tokens_per_step);
+        let spawned = std::thread::Builder::new()
             .name("vargpt-batcher".into())
-            .spawn(move || run_loop(&engine, &cfg, rx))
-            .expect("spawn batching thread");
+            .spawn(move || {
+                let _guard = guard;
+                batcher::run(&stepper, policy, cfg.on_step, rx)
+            });
+        let handle = match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // The guard went down with the closure: the scheduler reports dead.
+                tracing::error!(error = %e, "cannot spawn the batching thread");
+                None
+            }
+        };
         Self {
             tx: Some(tx),
-            handle: Some(handle),
+            handle,
+            alive,
         }
+    }
+
+    /// Whether the batching thread is running. Once false it stays false, and
+    /// every submission is answered at once with [`EngineError::Internal`].
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Queues a request; `reply` runs on the batching thread when it is done.
     pub fn submit_with(&self, req: Request, observer: Box<dyn Observer + Send>, reply: Reply) {
-        let sub = Submission {
-            req,
-            observer,
-            reply,
+        self.submit_with_limit(req, observer, None, reply)
+    }
+
+    /// [`Scheduler::submit_with`] with a time bound counted from now: past it the
+    /// request is dropped (queued or running) and answered with
+    /// [`EngineError::Timeout`].
+    pub fn submit_with_limit(
+        &self,
+        req: Request,
+        observer: Box<dyn Observer + Send>,
+        limit: Option<Duration>,
+        reply: Reply,
+    ) {
+        let job = Job {
+            // Fixed now so that a re-run after a failed batch draws the same.
+            req: with_seed(req),
+            observer: Arc::new(Mutex::new(observer)),
+            deadline: limit.map(|l| Deadline::after(l, Instant::now())),
+            answer: Answer::new(reply),
         };
+        if !self.is_alive() {
+            job.answer.send(Err(dead()));
+            return;
+        }
         if let Some(tx) = &self.tx {
-            if let Err(mpsc::SendError(sub)) = tx.send(sub) {
-                (sub.reply)(Err(EngineError::Inference(
-                    "batching thread stopped".into(),
-                )));
+            if let Err(mpsc::SendError(job)) = tx.send(job) {
+                job.answer.send(Err(dead()));
             }
         }
     }
 
     /// Queues a request and returns a receiver for its result.
     pub fn submit(&self, req: Request) -> Receiver<Result<Response, EngineError>> {
+        self.submit_within(req, None)
+    }
+
+    /// [`Scheduler::submit`] with an optional time bound (see [`Scheduler::submit_with_limit`]).
+    pub fn submit_within(
+        &self,
+        req: Request,
+        limit: Option<Duration>,
+    ) -> Receiver<Result<Response, EngineError>> {
         let (tx, rx) = mpsc::channel();
-        self.submit_with(
+        self.submit_with_limit(
             req,
             Box::new(NoObserver),
+            limit,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         );
         rx
     }
+}
+
+fn dead() -> EngineError {
+    EngineError::Internal("the batching thread is not running".into())
 }
 
 impl Drop for Scheduler {
@@ -103,73 +173,5 @@ impl Drop for Scheduler {
     }
 }
 
-fn run_loop(engine: &Engine, cfg: &BatchConfig, rx: Receiver<Submission>) {
-    let mut active: Vec<(Sequence<'static>, Reply)> = Vec::new();
-    let mut closed = false;
-    loop {
-        // Admit new requests between steps; block only when idle.
-        while active.len() < cfg.max_batch.max(1) && !closed {
-            let next = if active.is_empty() {
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(s) => Some(s),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        closed = true;
-                        None
-                    }
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(s) => Some(s),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        None
-                    }
-                }
-            };
-            let Some(sub) = next else { break };
-            match engine.start(&sub.req, Box::new(RngNoise), sub.observer) {
-                Ok(seq) => {
-                    let budget: usize = active.iter().map(|(s, _)| s.next_rows()).sum();
-                    let fits =
-                        active.is_empty() || budget + seq.next_rows() <= cfg.max_tokens_per_step;
-                    active.push((seq, sub.reply));
-                    if !fits {
-                        break;
-                    }
-                }
-                Err(e) => (sub.reply)(Err(e)),
-            }
-        }
-        if active.is_empty() {
-            if closed {
-                return;
-            }
-            continue;
-        }
-        if let Some(f) = &cfg.on_step {
-            f(active.len());
-        }
-        let result = {
-            let mut refs: Vec<&mut Sequence> = active.iter_mut().map(|(s, _)| s).collect();
-            engine.step(&mut refs)
-        };
-        if let Err(e) = result {
-            let msg = e.to_string();
-            for (_, reply) in active.drain(..) {
-                reply(Err(EngineError::Inference(msg.clone())));
-            }
-            continue;
-        }
-        let mut i = 0;
-        while i < active.len() {
-            if active[i].0.is_done() {
-                let (seq, reply) = active.swap_remove(i);
-                reply(engine.finish(seq));
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests;

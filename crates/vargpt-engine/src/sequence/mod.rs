@@ -1,31 +1,24 @@
 //! One request in flight: its KV caches, RNG, generated ids and where it is in the
-//! text → image state machine. [`crate::Engine::step`] advances many of them at once.
+//! text → image state machine. The machine's transitions live beside it
+//! ([`step`] runs one batched step, `text_step` and `image_step` its two halves),
+//! so its state stays private to this module.
 
-use crate::generate::{ImageSampling, Observer};
+mod image_step;
+pub(crate) mod step;
+mod text_step;
+
+use crate::observer::Observer;
 use crate::request::{FinishReason, Request, Timings};
 use crate::sampling::{NoiseSource, TextSampler};
 use candle_core::Tensor;
+use image_step::ImageState;
+pub use image_step::{ImageOutput, ImageSampling};
 use rand::rngs::StdRng;
+use rand::SeedableRng;
 use std::time::Instant;
-use vargpt_model::{KvCache, VarCache};
+use vargpt_model::KvCache;
 
-/// Image-loop state of one sequence.
-pub(crate) struct ImageState {
-    /// Current stage.
-    pub k: usize,
-    /// LLM input of the current stage `[pn², hidden]`.
-    pub e: Tensor,
-    pub fhat: Tensor,
-    pub codes: Vec<u32>,
-    pub cond_cache: VarCache,
-    /// The noise branch of CFG (absent when cfg = 0).
-    pub uncond_cache: Option<VarCache>,
-    /// The token X chosen after `<|image_gen_start|>`, appended again at the end (reference quirk).
-    pub x_token: Option<u32>,
-    pub started: Instant,
-}
-
-pub(crate) enum Phase {
+enum Phase {
     /// Prompt embeddings `[T, hidden]` not yet run.
     Prefill(Tensor),
     /// Feed this token; then choose the next one.
@@ -36,28 +29,94 @@ pub(crate) enum Phase {
     Done,
 }
 
+/// A request being generated; [`crate::Engine::step`] advances many at once.
 pub struct Sequence<'a> {
-    pub(crate) task: crate::request::Task,
-    pub(crate) max_new_tokens: usize,
-    pub(crate) allow_image: bool,
-    pub(crate) sampler: TextSampler,
-    pub(crate) image_sampling: ImageSampling,
-    pub(crate) rng: StdRng,
-    pub(crate) noise: Box<dyn NoiseSource + 'a>,
-    pub(crate) observer: Box<dyn Observer + 'a>,
-    pub(crate) prompt: String,
-    pub(crate) prompt_ids: Vec<u32>,
-    pub(crate) seen: Vec<u32>,
-    pub(crate) ids: Vec<u32>,
-    pub(crate) cache: KvCache,
-    pub(crate) phase: Phase,
-    pub(crate) image: Option<crate::generate::ImageOutput>,
-    pub(crate) finish: Option<FinishReason>,
-    pub(crate) timings: Timings,
-    pub(crate) started: Instant,
+    task: crate::request::Task,
+    max_new_tokens: usize,
+    allow_image: bool,
+    sampler: TextSampler,
+    image_sampling: ImageSampling,
+    rng: StdRng,
+    noise: Box<dyn NoiseSource + 'a>,
+    observer: Box<dyn Observer + 'a>,
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    seen: Vec<u32>,
+    ids: Vec<u32>,
+    cache: KvCache,
+    phase: Phase,
+    image: Option<ImageOutput>,
+    finish: Option<FinishReason>,
+    timings: Timings,
+    started: Instant,
+}
+
+/// What a finished sequence leaves for the response.
+pub(crate) struct Outcome {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub image: Option<ImageOutput>,
+    pub finish: Option<FinishReason>,
+    pub timings: Timings,
+    pub started: Instant,
+    pub positions: usize,
+}
+
+/// The prepared start of a sequence (see [`crate::Engine::start`]).
+pub(crate) struct Start {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    /// Prompt embeddings `[T, hidden]`.
+    pub embeds: Tensor,
+    pub cache: KvCache,
+    pub started: Instant,
 }
 
 impl<'a> Sequence<'a> {
+    pub(crate) fn new(
+        req: &Request,
+        start: Start,
+        noise: Box<dyn NoiseSource + 'a>,
+        observer: Box<dyn Observer + 'a>,
+    ) -> Self {
+        let p = &req.params;
+        let timings = Timings {
+            preprocess_s: start.started.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        Sequence {
+            task: req.task,
+            max_new_tokens: p.max_new_tokens,
+            allow_image: p.allow_image,
+            sampler: TextSampler {
+                greedy: p.greedy,
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                repetition_penalty: p.repetition_penalty,
+            },
+            image_sampling: ImageSampling {
+                cfg_scale: p.cfg_scale,
+                top_k: p.image_top_k,
+                top_p: p.image_top_p,
+            },
+            rng: StdRng::seed_from_u64(p.seed.unwrap_or_else(rand::random)),
+            noise,
+            observer,
+            prompt: start.prompt,
+            seen: start.prompt_ids.clone(),
+            prompt_ids: start.prompt_ids,
+            ids: Vec::new(),
+            cache: start.cache,
+            phase: Phase::Prefill(start.embeds),
+            image: None,
+            finish: None,
+            timings,
+            started: start.started,
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
@@ -67,7 +126,7 @@ impl<'a> Sequence<'a> {
         match &self.phase {
             Phase::Prefill(e) => e.dim(0).unwrap_or(0),
             Phase::Decode(_) | Phase::FeedGenStart(_) => 1,
-            Phase::Image(st) => st.e.dim(0).unwrap_or(0),
+            Phase::Image(st) => st.rows(),
             Phase::Done => 0,
         }
     }
@@ -77,39 +136,16 @@ impl<'a> Sequence<'a> {
         self.ids.len()
     }
 
-    pub(crate) fn new_parts(req: &Request) -> (TextSampler, ImageSampling) {
-        let p = &req.params;
-        (
-            TextSampler {
-                greedy: p.greedy,
-                temperature: p.temperature,
-                top_k: p.top_k,
-                top_p: p.top_p,
-                repetition_penalty: p.repetition_penalty,
-            },
-            ImageSampling {
-                cfg_scale: p.cfg_scale,
-                top_k: p.image_top_k,
-                top_p: p.image_top_p,
-            },
-        )
-    }
-}
-
-impl<N: NoiseSource + ?Sized> NoiseSource for &mut N {
-    fn normal(&mut self, stage: usize, len: usize, rng: &mut StdRng) -> Vec<f32> {
-        (**self).normal(stage, len, rng)
-    }
-}
-
-impl<O: Observer + ?Sized> Observer for &mut O {
-    fn on_token(&mut self, id: u32) {
-        (**self).on_token(id)
-    }
-    fn on_stage(&mut self, stage: usize, stages: usize, logits: &Tensor, codes: &[u32]) {
-        (**self).on_stage(stage, stages, logits, codes)
-    }
-    fn on_image(&mut self, fhat: &Tensor, image: &Tensor) {
-        (**self).on_image(fhat, image)
+    pub(crate) fn into_outcome(self) -> Outcome {
+        Outcome {
+            prompt: self.prompt,
+            prompt_ids: self.prompt_ids,
+            ids: self.ids,
+            image: self.image,
+            finish: self.finish,
+            timings: self.timings,
+            started: self.started,
+            positions: self.cache.len(),
+        }
     }
 }
