@@ -1,21 +1,20 @@
 //! Input image bytes -> the worker's decode path, with the worker's default
 //! limits (`--max-image-bytes` 10 MiB, `--max-image-pixels` 4096²):
-//! 1. the worker's header check (`pipeline/preprocess.rs::check_image`: format
-//!    sniffing and dimensions from the header, through the `image` crate);
-//! 2. the engine's `vargpt_imageproc::preprocess_bytes` with VARGPT's CLIP
-//!    config (`decode_rgb8`, then resize / crop / normalize).
+//! 1. the worker's gate, `vargpt_imageproc::check_image` (what
+//!    `pipeline/preprocess.rs::check_image` calls: format sniffing, dimensions
+//!    from the header, every WebP frame's own size);
+//! 2. the engine's path, `vargpt_imageproc::decode_rgb8` (which runs the same
+//!    check first) and `preprocess` with VARGPT's CLIP config.
 //!
 //! Properties: no panic; a decoded image is within the pixel limit and has the
-//! size its header announced; decoding never holds more heap than the pixel
-//! limit allows for; preprocessing gives the model's input shape, all finite.
+//! size its header announced; neither the check nor decoding ever holds more
+//! heap than the pixel limit allows for; preprocessing gives the model's input shape, all finite.
 
 #![no_main]
 
-use std::io::Cursor;
-
 use libfuzzer_sys::fuzz_target;
 use vargpt_fuzz::alloc_meter::{self, Meter};
-use vargpt_imageproc::{decode_rgb8, preprocess, ImageLimits, PreprocessorConfig};
+use vargpt_imageproc::{check_image, decode_rgb8, preprocess, ImageLimits, PreprocessorConfig};
 
 #[global_allocator]
 static ALLOC: Meter = Meter;
@@ -32,7 +31,17 @@ const LIMITS: ImageLimits = ImageLimits {
 const DECODE_HEAP_BOUND: u64 = LIMITS.max_pixels * (8 + 3) + (64 << 20);
 
 fuzz_target!(|data: &[u8]| {
-    let header = header_dimensions(data);
+    // The worker's gate (`pipeline/preprocess.rs::check_image` calls it).
+    let (checked, check_peak) = alloc_meter::measure(|| check_image(data, &LIMITS));
+    assert!(
+        check_peak <= DECODE_HEAP_BOUND,
+        "checking the header held {check_peak} bytes (bound {DECODE_HEAP_BOUND})"
+    );
+    let header = checked.ok().map(|i| (i.width, i.height));
+    if let Some((w, h)) = header {
+        assert!(w > 0 && h > 0 && u64::from(w) * u64::from(h) <= LIMITS.max_pixels);
+    }
+
     let (decoded, peak) = alloc_meter::measure(|| decode_rgb8(data, &LIMITS));
     assert!(
         peak <= DECODE_HEAP_BOUND,
@@ -40,8 +49,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let Ok(img) = decoded else { return };
     let (w, h) = img.dimensions();
-    assert!(w > 0 && h > 0 && u64::from(w) * u64::from(h) <= LIMITS.max_pixels);
-    // The worker checked the header before the engine decoded: they must agree.
+    // The engine decodes only what the worker's gate let through, at its size.
     assert_eq!(header, Some((w, h)), "header check vs decoded size");
 
     let cfg = PreprocessorConfig::default();
@@ -53,17 +61,3 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(px.shape(), [3, oh, ow]);
     assert!(px.data.iter().all(|v| v.is_finite()));
 });
-
-/// `check_image` of the worker, minus its byte-size check: the dimensions the
-/// header announces, or `None` where the worker refuses the image.
-fn header_dimensions(data: &[u8]) -> Option<(u32, u32)> {
-    if data.len() > LIMITS.max_bytes {
-        return None;
-    }
-    let reader = image::ImageReader::new(Cursor::new(data))
-        .with_guessed_format()
-        .ok()?;
-    reader.format()?;
-    let (w, h) = reader.into_dimensions().ok()?;
-    (w > 0 && h > 0 && u64::from(w) * u64::from(h) <= LIMITS.max_pixels).then_some((w, h))
-}

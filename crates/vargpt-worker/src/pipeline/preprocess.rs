@@ -1,9 +1,8 @@
 //! Input image: fetch (inline or from an allowed bucket) and check it is an
-//! image within the limits, reading only its header — the full decode is
+//! image within the limits, reading only its headers — the full decode is
 //! the engine's, and must never see a decompression bomb.
 
-use std::io::Cursor;
-
+use vargpt_imageproc::ImageLimits;
 use vargpt_proto::{ErrorCode, ImageSource, Limits};
 
 use super::ImageStore;
@@ -26,51 +25,30 @@ pub async fn load_image(
     Ok(bytes)
 }
 
-/// Format sniffing plus the dimensions from the header.
+/// The gate for untrusted images, shared with the engine's decoder
+/// (`vargpt_imageproc::check_image`, which `decode_rgb8` runs first): encoded
+/// size, format sniffing, the dimensions from the header, and for WebP every
+/// frame's own size, all before any pixel is decoded. Limits exceeded map to
+/// `image_too_large`, anything else to `invalid_image`.
 pub fn check_image(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), Failure> {
-    if bytes.len() > limits.max_image_bytes {
-        return Err(Failure::new(
-            ErrorCode::ImageTooLarge,
-            format!(
-                "image is {} bytes, limit {}",
-                bytes.len(),
-                limits.max_image_bytes
-            ),
-        ));
-    }
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Failure::new(ErrorCode::InvalidImage, format!("cannot read image: {e}")))?;
-    let Some(format) = reader.format() else {
-        return Err(Failure::new(
-            ErrorCode::InvalidImage,
-            "not a PNG, JPEG or WebP image",
-        ));
+    let image_limits = ImageLimits {
+        max_bytes: limits.max_image_bytes,
+        max_pixels: limits.max_image_pixels,
     };
-    let (w, h) = reader.into_dimensions().map_err(|e| {
-        Failure::new(
+    match vargpt_imageproc::check_image(bytes, &image_limits) {
+        Ok(info) => Ok((info.width, info.height)),
+        Err(e) if e.is_too_large() => Err(Failure::new(ErrorCode::ImageTooLarge, e.to_string())),
+        Err(e) => Err(Failure::new(
             ErrorCode::InvalidImage,
-            format!("cannot read {format:?} image: {e}"),
-        )
-    })?;
-    if w == 0 || h == 0 {
-        return Err(Failure::new(ErrorCode::InvalidImage, "image has no pixels"));
+            format!("not an acceptable PNG, JPEG or WebP image: {e}"),
+        )),
     }
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_image_pixels {
-        return Err(Failure::new(
-            ErrorCode::ImageTooLarge,
-            format!(
-                "image is {w}x{h} = {pixels} pixels, limit {}",
-                limits.max_image_pixels
-            ),
-        ));
-    }
-    Ok((w, h))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     pub(crate) fn png(w: u32, h: u32) -> Vec<u8> {
@@ -112,5 +90,16 @@ mod tests {
             check_image(&png(2, 2), &small).unwrap_err().code,
             ErrorCode::ImageTooLarge
         );
+    }
+
+    #[test]
+    fn webp_frame_larger_than_its_canvas_is_refused() {
+        // Found by the fuzzer: a 4x4 canvas whose lossy frame announces
+        // 16132x16383, which the decoder would allocate for.
+        let bytes = include_bytes!(
+            "../../../vargpt-imageproc/tests/fixtures/webp/frame-larger-than-canvas.webp"
+        );
+        let failure = check_image(bytes, &Limits::default()).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::InvalidImage);
     }
 }
