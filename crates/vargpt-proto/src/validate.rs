@@ -397,14 +397,14 @@ fn check_params(p: Option<&SamplingParams>, limits: &Limits) -> Result<(), Valid
     ];
     for (name, v, (lo, hi)) in open_closed {
         if let Some(v) = v {
-            if !(v.is_finite() && v > lo && v <= hi) {
+            if !ranges::in_open_closed(v, (lo, hi)) {
                 return Err(out(name, v.to_string(), format!("({lo}, {hi}]")));
             }
         }
     }
     if let Some(v) = p.cfg_scale {
         let (lo, hi) = ranges::CFG_SCALE;
-        if !(v.is_finite() && v >= lo && v <= hi) {
+        if !ranges::in_closed(v, (lo, hi)) {
             return Err(out("cfgScale", v.to_string(), format!("[{lo}, {hi}]")));
         }
     }
