@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::time::Instant;
-use vargpt_engine::generate::prefill;
+use vargpt_engine::prefill::prefill;
 use vargpt_engine::{
     Engine, LoadOptions, NoObserver, Request, RngNoise, SamplingParams, Sequence, Task,
 };

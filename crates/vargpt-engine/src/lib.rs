@@ -16,14 +16,6 @@ pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 
-/// The former home of the observer hooks and [`prefill::prefill`], kept so that
-/// older callers still build; new code uses [`observer`] and [`prefill`].
-pub mod generate {
-    pub use crate::observer::{NoObserver, Observer};
-    pub use crate::prefill::prefill;
-    pub use crate::sequence::{ImageOutput, ImageSampling};
-}
-
 pub use engine::Engine;
 pub use error::EngineError;
 pub use observer::{NoObserver, Observer};

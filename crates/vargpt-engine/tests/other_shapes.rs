@@ -2,8 +2,8 @@
 //! half-precision options.
 
 use std::path::PathBuf;
-use vargpt_testkit::{make_checkpoint, CheckpointSpec};
 use vargpt_engine::{Engine, FinishReason, LoadOptions, Request, SamplingParams, Task};
+use vargpt_testkit::{make_checkpoint, CheckpointSpec};
 
 fn fixture() -> PathBuf {
     PathBuf::from(concat!(
@@ -132,7 +132,7 @@ fn sharded_half_precision_checkpoint_matches_its_f32_twin() {
     let logits = |e: &Engine| {
         let m = e.model();
         let emb = m.embed_prompt(&prep.prompt_ids, None).unwrap();
-        vargpt_engine::generate::prefill(m, &emb, &mut m.llm.new_cache()).unwrap()
+        vargpt_engine::prefill::prefill(m, &emb, &mut m.llm.new_cache()).unwrap()
     };
     let (la, lb) = (logits(&a), logits(&b));
     let scale = la.iter().fold(1f32, |m, v| m.max(v.abs()));

@@ -6,7 +6,8 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use vargpt_engine::generate::{self, Observer};
+use vargpt_engine::prefill::prefill;
+use vargpt_engine::Observer;
 use vargpt_engine::{Engine, RecordedNoise, Request, SamplingParams, Task};
 
 pub fn fixture() -> PathBuf {
@@ -198,7 +199,7 @@ pub fn prefill_logits_and_greedy_tokens_match_with(e: &Engine, g: &Golden) {
         let ids = g.ids(case, "input_ids");
         let emb = m.embed_prompt(&ids, feats.as_ref()).unwrap();
         let mut cache = m.llm.new_cache();
-        let logits = generate::prefill(m, &emb, &mut cache).unwrap();
+        let logits = prefill(m, &emb, &mut cache).unwrap();
         assert_logits_close(logits_name, &logits, &g.f32s(logits_name));
 
         // End to end through the engine: 12 greedy tokens and their text.

@@ -3,7 +3,7 @@
 //! GPU against the CPU.
 
 use super::parity::fixture;
-use vargpt_engine::generate::prefill;
+use vargpt_engine::prefill::prefill;
 use vargpt_engine::{Engine, Request, SamplingParams, Task};
 use vargpt_model::VarConfig;
 use vargpt_testkit::{make_checkpoint, CheckpointSpec};
