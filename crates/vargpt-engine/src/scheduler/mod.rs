@@ -110,7 +110,8 @@ impl Scheduler {
 
     /// [`Scheduler::submit_with`] with a time bound counted from now: past it the
     /// request is dropped (queued or running) and answered with
-    /// [`EngineError::Timeout`].
+    /// [`EngineError::Timeout`]. The bound is checked between steps, so a step
+    /// already under way (one decode token, one image stage) finishes first.
     pub fn submit_with_limit(
         &self,
         req: Request,
