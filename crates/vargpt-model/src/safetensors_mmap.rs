@@ -10,6 +10,7 @@
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
+use rayon::prelude::*;
 use safetensors::tensor::{Metadata, TensorInfo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ impl MappedSafetensors {
             }
             _ => (0, all.len()),
         };
-        let t = Tensor::from_raw_buffer(&all[lo..hi], dtype, &shape, &Device::Cpu)?;
+        let t = tensor_from_le_bytes(&all[lo..hi], dtype, &shape)?;
         let f = &self.files[e.file];
         // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages;
         // later reads fault them back in from the file. No reference into them is kept.
@@ -153,5 +154,124 @@ impl MappedSafetensors {
         self.entries
             .get(name)
             .map(|e| self.files[e.file].path.as_path())
+    }
+}
+
+/// Tensors at least this large are copied by all threads at once.
+const PAR_COPY_MIN_BYTES: usize = 8 << 20;
+/// Bytes per parallel piece: whole 2 MiB huge pages, so two threads rarely
+/// fault the same page.
+const PAR_COPY_CHUNK: usize = 4 << 20;
+
+/// A CPU tensor of `shape` holding `bytes` (little-endian elements of `dtype`,
+/// as on every target we build for). Most of a load is the kernel zeroing the
+/// fresh pages of the destination and the copy itself, both single-threaded in
+/// candle's `from_raw_buffer`: large tensors are copied in parallel pieces, each
+/// thread faulting in its own pages. The bytes are the same either way.
+fn tensor_from_le_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Tensor> {
+    match dtype {
+        DType::F32 => typed::<f32>(bytes, shape),
+        DType::F16 => typed::<half::f16>(bytes, shape),
+        DType::BF16 => typed::<half::bf16>(bytes, shape),
+        _ => Ok(Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)?),
+    }
+}
+
+/// [`tensor_from_le_bytes`] for an element type whose every bit pattern is a
+/// valid value (f32, f16, bf16).
+fn typed<T: candle_core::WithDType>(bytes: &[u8], shape: &[usize]) -> Result<Tensor> {
+    let size = std::mem::size_of::<T>();
+    let n: usize = shape.iter().product();
+    if n.checked_mul(size) != Some(bytes.len()) {
+        return Err(ModelError::Checkpoint(format!(
+            "{} bytes do not hold a {shape:?} tensor of {:?}",
+            bytes.len(),
+            T::DTYPE
+        )));
+    }
+    if bytes.len() < PAR_COPY_MIN_BYTES {
+        return Ok(Tensor::from_raw_buffer(
+            bytes,
+            T::DTYPE,
+            shape,
+            &Device::Cpu,
+        )?);
+    }
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    let dst = v.as_mut_ptr() as usize;
+    bytes
+        .par_chunks(PAR_COPY_CHUNK)
+        .enumerate()
+        .for_each(|(i, src)| {
+            // SAFETY: piece i goes to bytes [i·CHUNK, i·CHUNK + len) of the
+            // capacity of `v` (n·size = bytes.len() bytes): in bounds, disjoint
+            // between pieces, and not overlapping the mapped source.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr(),
+                    (dst as *mut u8).add(i * PAR_COPY_CHUNK),
+                    src.len(),
+                )
+            }
+        });
+    // SAFETY: all n·size bytes were written above, and every bit pattern is a
+    // valid T (f32, f16, bf16).
+    unsafe { v.set_len(n) };
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_copy_has_candles_bytes() {
+        // Large enough for the parallel path, and not a whole number of pieces.
+        let n = (PAR_COPY_MIN_BYTES + 3 * PAR_COPY_CHUNK / 2) / 24 * 6;
+        let bytes: Vec<u8> = (0..4 * n).map(|i| (i * 7 + i / 251) as u8).collect();
+        for (dtype, shape) in [
+            (DType::F32, vec![n / 3, 3]),
+            (DType::F16, vec![2 * n]),
+            (DType::BF16, vec![2, n]),
+        ] {
+            let want = Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu).unwrap();
+            let got = tensor_from_le_bytes(&bytes[..], dtype, &shape).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let raw = |t: &Tensor| -> Vec<u8> {
+                match dtype {
+                    DType::F32 => t
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                    DType::F16 => t
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<half::f16>()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                    _ => t
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<half::bf16>()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                }
+            };
+            assert!(raw(&got) == raw(&want), "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_byte_count_is_an_error() {
+        let bytes = vec![0u8; PAR_COPY_MIN_BYTES + 4];
+        assert!(tensor_from_le_bytes(&bytes, DType::F32, &[10, 10]).is_err());
     }
 }
