@@ -52,6 +52,16 @@ if ! command -v openssl >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
+# --- the 3-node test cluster -------------------------------------------
+# The cluster integration test starts it itself (tests/cluster/cluster.sh:
+# vg1..vg3@localhost, AMQP 5681-5683, distribution 25681-25683); it needs
+# only rabbitmq-server and root. A cluster left running is reused.
+for p in 5681 5682 5683; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        log "note: 127.0.0.1:$p is in use (a test cluster left running? tests/cluster/cluster.sh stop)"
+    fi
+done
+
 # --- s3s-fs -------------------------------------------------------------
 S3S_BIN="$TOOLS/bin/s3s-fs"
 if [ ! -x "$S3S_BIN" ] || ! "$S3S_BIN" --version 2>/dev/null | grep -q "$S3S_VERSION"; then
