@@ -5,9 +5,10 @@ use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
 use crate::nn::{silu_mul, softmax_last, Linear, RmsNorm, RowParallel};
-use crate::tp::{check_at_least_one_each, on_all_ranks, Shard};
+use crate::tp::{check_at_least_one_each, on_all_ranks, Communicator, RankMember, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
 /// The key/value cache of one sequence: per tensor-parallel rank, one [`KvBuffer`]
 /// per layer (each rank caches its own heads).
@@ -65,6 +66,13 @@ struct RankLayers {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    comm: Option<Arc<dyn Communicator>>,
+}
+
+impl RankMember for RankLayers {
+    fn comm(&self) -> Option<&Arc<dyn Communicator>> {
+        self.comm.as_ref()
+    }
 }
 
 /// One rank's view of a sequence in a ragged step: its caches, offset and new length.
@@ -144,6 +152,7 @@ impl Llama {
                 cos,
                 sin,
                 device: shard.device.clone(),
+                comm: shard.comm.clone(),
             });
         }
         let m = vb.pp("model");

@@ -7,7 +7,8 @@
 
 use candle_core::{Device, Tensor};
 use std::fmt::Debug;
-use std::sync::{Arc, Barrier, Mutex};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Sums a tensor across the ranks of a tensor-parallel group.
 pub trait Communicator: Send + Sync + Debug {
@@ -15,6 +16,64 @@ pub trait Communicator: Send + Sync + Debug {
     fn world_size(&self) -> usize;
     /// Every rank passes its partial tensor (same shape); every rank gets the sum.
     fn all_reduce_sum(&self, t: &Tensor) -> candle_core::Result<Tensor>;
+    /// A rank failed: ranks waiting in (or later entering) an all-reduce of this
+    /// group return an error instead of waiting for it forever.
+    fn abort(&self) {}
+    /// Every rank has returned after an abort: the group may be used again.
+    fn reset(&self) {}
+}
+
+/// What a rank waiting for a failed one gets (see [`Communicator::abort`]).
+const ABORTED: &str = "another tensor-parallel rank failed";
+
+/// A rank as [`on_all_ranks`] sees it: its link to the other ranks.
+pub trait RankMember {
+    fn comm(&self) -> Option<&Arc<dyn Communicator>>;
+}
+
+/// A reusable barrier that a failing rank can break (std's `Barrier` cannot be).
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    turn: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    arrived: usize,
+    generation: u64,
+    broken: bool,
+}
+
+impl Gate {
+    fn wait(&self, world: usize) -> candle_core::Result<()> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if g.broken {
+            candle_core::bail!("{ABORTED}");
+        }
+        g.arrived += 1;
+        if g.arrived == world {
+            g.arrived = 0;
+            g.generation += 1;
+            self.turn.notify_all();
+            return Ok(());
+        }
+        let generation = g.generation;
+        while g.generation == generation && !g.broken {
+            g = self.turn.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        if g.generation == generation {
+            candle_core::bail!("{ABORTED}");
+        }
+        Ok(())
+    }
+
+    fn set_broken(&self, broken: bool) {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        g.broken = broken;
+        g.arrived = 0;
+        self.turn.notify_all();
+    }
 }
 
 /// In-process communicator over threads (CPU): the test double of NCCL and a real
@@ -29,7 +88,7 @@ pub struct ThreadComm {
 struct ThreadCommShared {
     world: usize,
     slots: Mutex<Vec<Vec<f32>>>,
-    barrier: Barrier,
+    gate: Gate,
 }
 
 impl ThreadComm {
@@ -38,7 +97,7 @@ impl ThreadComm {
         let shared = Arc::new(ThreadCommShared {
             world,
             slots: Mutex::new(vec![Vec::new(); world]),
-            barrier: Barrier::new(world),
+            gate: Gate::default(),
         });
         (0..world)
             .map(|rank| {
@@ -68,11 +127,11 @@ impl Communicator for ThreadComm {
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        s.slots.lock().expect("comm lock")[self.rank] = data;
-        s.barrier.wait();
+        s.slots.lock().unwrap_or_else(|p| p.into_inner())[self.rank] = data;
+        s.gate.wait(s.world)?;
         // Summed in rank order on every rank, so all ranks hold bit-identical results.
         let sum = {
-            let slots = s.slots.lock().expect("comm lock");
+            let slots = s.slots.lock().unwrap_or_else(|p| p.into_inner());
             let mut acc = slots[0].clone();
             for other in &slots[1..] {
                 for (a, b) in acc.iter_mut().zip(other) {
@@ -81,8 +140,14 @@ impl Communicator for ThreadComm {
             }
             acc
         };
-        s.barrier.wait();
+        s.gate.wait(s.world)?;
         Tensor::from_vec(sum, t.shape(), t.device())?.to_dtype(dtype)
+    }
+    fn abort(&self) {
+        self.shared.gate.set_broken(true);
+    }
+    fn reset(&self) {
+        self.shared.gate.set_broken(false);
     }
 }
 
@@ -154,10 +219,12 @@ impl Shard {
 /// Runs `f` on every tensor-parallel rank with that rank's part: rank 0 on the
 /// calling thread, the others on scoped threads, all in lockstep through their
 /// all-reduces. Returns rank 0's result (after the all-reduces every rank holds
-/// the same value). With one rank nothing is spawned.
+/// the same value). With one rank nothing is spawned. A rank that fails or
+/// panics aborts its group, so the others return instead of waiting for it; the
+/// error returned is the failing rank's.
 pub fn on_all_ranks<R, P, T, F>(ranks: &[R], parts: Vec<P>, f: F) -> crate::error::Result<T>
 where
-    R: Sync,
+    R: Sync + RankMember,
     P: Send,
     T: Send,
     F: Fn(&R, P) -> crate::error::Result<T> + Sync,
@@ -167,19 +234,51 @@ where
     if ranks.len() == 1 {
         return f(rank0, part0);
     }
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = it
-            .map(|(part, rank)| s.spawn(move || f(rank, part)))
-            .collect();
-        let r0 = f(rank0, part0);
-        for h in handles {
-            h.join().map_err(|_| {
-                crate::error::ModelError::Internal("tensor-parallel rank panicked".into())
-            })??;
+    let run = |rank: &R, part: P| -> crate::error::Result<T> {
+        let out = catch_unwind(AssertUnwindSafe(|| f(rank, part))).unwrap_or_else(|_| {
+            Err(crate::error::ModelError::Internal(
+                "tensor-parallel rank panicked".into(),
+            ))
+        });
+        if out.is_err() {
+            if let Some(c) = rank.comm() {
+                c.abort();
+            }
         }
-        r0
-    })
+        out
+    };
+    let results: Vec<crate::error::Result<T>> = std::thread::scope(|s| {
+        let run = &run;
+        let handles: Vec<_> = it
+            .map(|(part, rank)| s.spawn(move || run(rank, part)))
+            .collect();
+        let mut results = vec![run(rank0, part0)];
+        for h in handles {
+            results.push(h.join().unwrap_or_else(|_| {
+                Err(crate::error::ModelError::Internal(
+                    "tensor-parallel rank panicked".into(),
+                ))
+            }));
+        }
+        results
+    });
+    if results.iter().all(|r| r.is_ok()) {
+        return results.into_iter().next().expect("rank 0");
+    }
+    // Every rank has returned: the group can be used by the next call.
+    for r in ranks {
+        if let Some(c) = r.comm() {
+            c.reset();
+        }
+    }
+    let aborted = |e: &crate::error::ModelError| e.to_string().contains(ABORTED);
+    let mut errors = results.into_iter().filter_map(|r| r.err());
+    let first = errors.next().expect("a failed rank");
+    if aborted(&first) {
+        Err(errors.find(|e| !aborted(e)).unwrap_or(first))
+    } else {
+        Err(first)
+    }
 }
 
 /// `(start, len)` of part `rank` of `n` units split over `world` parts as evenly
@@ -216,6 +315,62 @@ pub fn check_at_least_one_each(what: &str, n: usize, world: usize) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct TestRank(Arc<dyn Communicator>);
+
+    impl RankMember for TestRank {
+        fn comm(&self) -> Option<&Arc<dyn Communicator>> {
+            Some(&self.0)
+        }
+    }
+
+    /// Runs a step of 3 ranks where rank 1 fails as `fail` says, on a thread,
+    /// so that a hang fails the test instead of blocking it.
+    fn step_with_failing_rank(
+        ranks: Arc<Vec<TestRank>>,
+        fail: fn() -> crate::error::Result<f32>,
+    ) -> crate::error::Result<f32> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = on_all_ranks(&ranks, vec![0, 1, 2], |rank, i| {
+                if i == 1 {
+                    return fail();
+                }
+                let t = Tensor::new(&[1f32], &Device::Cpu)?;
+                let once = rank.0.all_reduce_sum(&t)?;
+                let twice = rank.0.all_reduce_sum(&once)?;
+                Ok(twice.to_vec1::<f32>()?[0])
+            });
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the other ranks waited forever for the failed one")
+    }
+
+    #[test]
+    fn a_failing_rank_releases_the_others_and_its_error_is_returned() {
+        let ranks = Arc::new(
+            ThreadComm::group(3)
+                .into_iter()
+                .map(TestRank)
+                .collect::<Vec<_>>(),
+        );
+        let e = step_with_failing_rank(ranks.clone(), || {
+            Err(crate::error::ModelError::Internal("rank 1 broke".into()))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("rank 1 broke"), "{e}");
+        let e = step_with_failing_rank(ranks.clone(), || panic!("rank 1 panicked")).unwrap_err();
+        assert!(matches!(e, crate::error::ModelError::Internal(_)), "{e}");
+        // The group works again afterwards: 3 ranks summing 1 twice give 9.
+        let ok = on_all_ranks(&ranks, vec![(); 3], |rank, ()| {
+            let t = Tensor::new(&[1f32], &Device::Cpu)?;
+            let once = rank.0.all_reduce_sum(&t)?;
+            Ok(rank.0.all_reduce_sum(&once)?.to_vec1::<f32>()?[0])
+        })
+        .unwrap();
+        assert_eq!(ok, 9.0);
+    }
 
     #[test]
     fn split_covers_every_unit_once_with_parts_one_apart() {

@@ -6,9 +6,10 @@ use crate::config::VarConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvBuffer;
 use crate::nn::{gelu_tanh, silu, softmax_last, LayerNorm, Linear, RowParallel};
-use crate::tp::{on_all_ranks, Shard};
+use crate::tp::{on_all_ranks, Communicator, RankMember, Shard};
 use crate::weights::Vb;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
+use std::sync::Arc;
 
 /// `exp(min(s, ln 100))`: the per-head multiplier's cap.
 const MAX_SCALE_MUL: f64 = 4.605_170_249_938_965;
@@ -40,6 +41,13 @@ type RankSegment<'c> = (&'c mut Vec<KvBuffer>, usize);
 struct RankBlocks {
     blocks: Vec<Block>,
     device: Device,
+    comm: Option<Arc<dyn Communicator>>,
+}
+
+impl RankMember for RankBlocks {
+    fn comm(&self) -> Option<&Arc<dyn Communicator>> {
+        self.comm.as_ref()
+    }
 }
 
 struct Block {
@@ -112,6 +120,7 @@ impl Var {
             ranks.push(RankBlocks {
                 blocks,
                 device: shard.device.clone(),
+                comm: shard.comm.clone(),
             });
         }
         // lvl_pos[j] = lvl_embed[stage(j)] + pos_1LC[j]; lvl_1L is recomputed from patch_nums.
