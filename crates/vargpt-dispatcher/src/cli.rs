@@ -1,12 +1,14 @@
-//! The command line. Every setting also reads an environment variable, with
-//! the worker's names where they mean the same thing (`VARGPT_AMQP_URL`,
-//! `VARGPT_JOB_QUEUE`, `VARGPT_S3_ENDPOINT`, …).
+//! The command line. Every setting also reads the environment variable
+//! `VARGPT_<FLAG>` ([`crate::env_compat`]); flags shared with the worker
+//! mean the same thing there (`--amqp-url`, `--queue-prefix`,
+//! `--s3-endpoint`, `--s3-path-style`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use vargpt_proto::wire::{self, Names};
 use vargpt_proto::{JobKind, SamplingParams};
 
 use crate::input::Input;
@@ -30,19 +32,37 @@ pub struct Cli {
 pub enum Command {
     /// Send every job of the input and write one result line per job.
     /// Re-running the same command resumes: jobs with a result are skipped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Write the CSV table of an existing output (what `run --table` writes).
+    Table(TableArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TableArgs {
+    /// The JSONL output of a run.
+    #[arg(long, short, env = "VARGPT_OUTPUT")]
+    pub output: PathBuf,
+    /// The CSV file to write.
+    #[arg(long, env = "VARGPT_TABLE")]
+    pub table: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// A folder of images (walked recursively: png, jpg, jpeg, webp), a JSONL
     /// manifest (one job per line), or an S3 prefix (s3://bucket/prefix/).
-    #[arg(long, short, env = "VARGPT_DISPATCH_INPUT")]
+    #[arg(long, short, env = "VARGPT_INPUT")]
     pub input: String,
 
     /// Results, one JSON line per job; failures also go to `<output>.failures.jsonl`.
-    #[arg(long, short, env = "VARGPT_DISPATCH_OUTPUT")]
+    #[arg(long, short, env = "VARGPT_OUTPUT")]
     pub output: PathBuf,
+
+    /// Also write the run as a CSV table (source, kind, prompt, text,
+    /// image_uri, status, error_code, provenance, …) that pandas and
+    /// Hugging Face `datasets` load directly.
+    #[arg(long, env = "VARGPT_TABLE")]
+    pub table: Option<PathBuf>,
 
     /// RabbitMQ URL.
     #[arg(
@@ -53,55 +73,60 @@ pub struct RunArgs {
     )]
     pub amqp_url: String,
 
-    /// Job queue (when no routing rule matches).
-    #[arg(long, env = "VARGPT_JOB_QUEUE", default_value = vargpt_client::DEFAULT_JOB_QUEUE)]
-    pub queue: String,
+    /// Queue prefix, as the worker's: jobs go to `{prefix}.jobs` (when no
+    /// routing rule matches).
+    #[arg(long, env = "VARGPT_QUEUE_PREFIX", default_value = wire::DEFAULT_PREFIX)]
+    pub queue_prefix: String,
+
+    /// Deprecated: a job queue by its full name; use --queue-prefix.
+    #[arg(long, env = "VARGPT_JOB_QUEUE", hide = true)]
+    pub queue: Option<String>,
 
     /// Routing rules (TOML, or JSON when the name ends in .json): queues by kind / model.
-    #[arg(long, env = "VARGPT_DISPATCH_ROUTES")]
+    #[arg(long, env = "VARGPT_ROUTES")]
     pub routes: Option<PathBuf>,
 
     /// Kind of the jobs made from images (and of manifest lines without one).
-    #[arg(long, env = "VARGPT_DISPATCH_KIND", default_value = "caption", value_parser = parse_kind)]
+    #[arg(long, env = "VARGPT_KIND", default_value = "caption", value_parser = parse_kind)]
     pub kind: JobKind,
 
     /// Prompt of the jobs made from images (the question for vqa).
-    #[arg(long, env = "VARGPT_DISPATCH_PROMPT", default_value = "")]
+    #[arg(long, env = "VARGPT_PROMPT", default_value = "")]
     pub prompt: String,
 
     /// Sampling params as proto JSON, e.g. '{"maxNewTokens":64,"greedy":true}'.
-    #[arg(long, env = "VARGPT_DISPATCH_PARAMS", value_parser = parse_params)]
+    #[arg(long, env = "VARGPT_PARAMS", value_parser = parse_params)]
     pub params: Option<SamplingParams>,
 
     /// Model name for routing rules (not sent).
-    #[arg(long, env = "VARGPT_DISPATCH_MODEL")]
+    #[arg(long, env = "VARGPT_MODEL")]
     pub model: Option<String>,
 
     /// Upload local images to s3://bucket/prefix and send their URIs instead
     /// of inline bytes (the bucket must be on the workers' allow-list).
-    #[arg(long, env = "VARGPT_DISPATCH_UPLOAD_TO")]
+    #[arg(long, env = "VARGPT_UPLOAD_TO")]
     pub upload_to: Option<String>,
 
     /// Jobs between publish and result at most.
-    #[arg(long, env = "VARGPT_DISPATCH_MAX_IN_FLIGHT", default_value_t = 32)]
+    #[arg(long, env = "VARGPT_MAX_IN_FLIGHT", default_value_t = 32)]
     pub max_in_flight: usize,
 
     /// Re-send a job that has no result this long after it was sent (also
     /// its deadline for the worker): 90s, 10m, 1h.
-    #[arg(long, env = "VARGPT_DISPATCH_JOB_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "VARGPT_JOB_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub job_timeout: Duration,
 
     /// Attempts per job before it is recorded as failed (deadline_exceeded).
-    #[arg(long, env = "VARGPT_DISPATCH_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "VARGPT_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
 
     /// Queue results come back on. Default: derived from the output path,
     /// so a re-run finds results that arrived while the dispatcher was down.
-    #[arg(long, env = "VARGPT_DISPATCH_REPLY_QUEUE")]
+    #[arg(long, env = "VARGPT_REPLY_QUEUE")]
     pub reply_queue: Option<String>,
 
     /// How long an unused reply queue is kept by the broker.
-    #[arg(long, env = "VARGPT_DISPATCH_REPLY_QUEUE_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "VARGPT_REPLY_QUEUE_TTL", default_value = "24h", value_parser = parse_duration)]
     pub reply_queue_ttl: Duration,
 
     /// Also re-send jobs whose result in the output is an error.
@@ -113,19 +138,32 @@ pub struct RunArgs {
     pub no_progress: bool,
 
     /// Local images larger than this are not sent inline (image_too_large).
-    #[arg(long, env = "VARGPT_DISPATCH_MAX_INLINE_BYTES", default_value_t = 10 << 20)]
+    #[arg(long, env = "VARGPT_MAX_INLINE_BYTES", default_value_t = 10 << 20)]
     pub max_inline_bytes: u64,
 
     /// Images read (or uploaded) at once ahead of publishing.
-    #[arg(long, env = "VARGPT_DISPATCH_PREPARE_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "VARGPT_PREPARE_CONCURRENCY", default_value_t = 4)]
     pub prepare_concurrency: usize,
 
     /// S3-compatible endpoint (MinIO, s3s-fs); AWS when unset.
     #[arg(long, env = "VARGPT_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
 
-    /// Path-style S3 addressing (most non-AWS servers need it).
-    #[arg(long, env = "VARGPT_S3_FORCE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
+    /// Path-style S3 addressing (http://host/bucket/key), needed by most
+    /// self-hosted servers: `--s3-path-style false` for AWS virtual hosts.
+    #[arg(
+        long,
+        env = "VARGPT_S3_PATH_STYLE",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub s3_path_style: bool,
+
+    /// Deprecated: --s3-path-style.
+    #[arg(long, hide = true)]
     pub s3_force_path_style: bool,
 
     /// S3 region (default: from the AWS environment, else us-east-1).
@@ -134,14 +172,32 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Checks the flags and reads the routing rules.
+    /// Checks the flags and reads the routing rules. Warnings about
+    /// deprecated flags are logged.
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        anyhow::ensure!(
+            wire::valid_prefix(&self.queue_prefix),
+            "--queue-prefix must be [A-Za-z0-9._-]+"
+        );
+        let names = Names::new(&self.queue_prefix);
+        let default_queue = match &self.queue {
+            Some(queue) => {
+                tracing::warn!(
+                    "--queue / VARGPT_JOB_QUEUE is deprecated: use --queue-prefix (jobs go to {{prefix}}.jobs)"
+                );
+                queue.clone()
+            }
+            None => names.jobs_queue(),
+        };
+        if self.s3_force_path_style {
+            tracing::warn!("--s3-force-path-style is deprecated: use --s3-path-style");
+        }
         let input = Input::parse(&self.input)?;
         let router = match &self.routes {
-            Some(path) => Router::load(path, &self.queue)?,
-            None => Router::parse("", false, &self.queue)
+            Some(path) => Router::load(path, &default_queue)?,
+            None => Router::parse("", false, &default_queue)
                 .map_err(anyhow::Error::msg)
-                .context("--queue")?,
+                .context("--queue-prefix")?,
         };
         if let Some(uri) = &self.upload_to {
             crate::s3::parse_uri(uri)
@@ -158,6 +214,7 @@ impl RunArgs {
             input,
             output: self.output,
             amqp_url: self.amqp_url,
+            names,
             router,
             template: Template {
                 kind: self.kind,
@@ -168,7 +225,7 @@ impl RunArgs {
             upload_to: self.upload_to,
             s3: S3Options {
                 endpoint: self.s3_endpoint,
-                force_path_style: self.s3_force_path_style,
+                force_path_style: self.s3_path_style || self.s3_force_path_style,
                 region: self.s3_region,
             },
             max_in_flight: self.max_in_flight,
@@ -180,6 +237,7 @@ impl RunArgs {
             progress: !self.no_progress,
             max_inline_bytes: self.max_inline_bytes,
             prepare_concurrency: self.prepare_concurrency.max(1),
+            table: self.table,
         })
     }
 }
@@ -250,17 +308,24 @@ mod tests {
             "What is it?",
             "--params",
             r#"{"maxNewTokens":16}"#,
-            "--queue",
-            "q.jobs",
+            "--queue-prefix",
+            "q",
             "--job-timeout",
             "90s",
+            "--table",
+            "out.csv",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
         let cfg = args.into_config().unwrap();
         assert_eq!(cfg.template.kind, JobKind::Vqa);
         assert_eq!(cfg.template.params.unwrap().max_new_tokens, Some(16));
         assert_eq!(cfg.router.queue_for(JobKind::Vqa, None), "q.jobs");
+        assert_eq!(cfg.names.prefix(), "q");
+        assert_eq!(cfg.table, Some(PathBuf::from("out.csv")));
+        assert!(cfg.s3.force_path_style, "the worker's default");
         assert_eq!(cfg.job_timeout, Duration::from_secs(90));
         assert!(matches!(cfg.input, Input::Dir(_)));
     }
@@ -272,9 +337,35 @@ mod tests {
         assert!(with(&["--kind", "drawing"]).is_err());
         assert!(with(&["--kind", "kind_unspecified"]).is_err());
         assert!(with(&["--params", r#"{"topK":"x"}"#]).is_err());
-        let Command::Run(args) = with(&["--max-in-flight", "0"]).unwrap().command;
-        assert!(args.into_config().is_err());
-        let Command::Run(args) = with(&["--upload-to", "http://x"]).unwrap().command;
-        assert!(args.into_config().is_err());
+        let config = |extra: &[&str]| match with(extra).unwrap().command {
+            Command::Run(args) => args.into_config(),
+            Command::Table(_) => panic!("run"),
+        };
+        assert!(config(&["--max-in-flight", "0"]).is_err());
+        assert!(config(&["--upload-to", "http://x"]).is_err());
+        assert!(config(&["--queue-prefix", "a b"]).is_err());
+    }
+
+    #[test]
+    fn the_old_queue_flag_still_works_and_shared_flags_read_like_the_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().to_str().unwrap();
+        let base = ["vargpt-dispatcher", "run", "-i", input, "-o", "o.jsonl"];
+        let config = |extra: &[&str]| match Cli::try_parse_from(base.iter().chain(extra).copied())
+            .unwrap()
+            .command
+        {
+            Command::Run(args) => args.into_config().unwrap(),
+            Command::Table(_) => panic!("run"),
+        };
+        let old = config(&["--queue", "legacy.jobs"]);
+        assert_eq!(old.router.queue_for(JobKind::Caption, None), "legacy.jobs");
+        let default = config(&[]);
+        assert_eq!(
+            default.router.queue_for(JobKind::Caption, None),
+            Names::default().jobs_queue()
+        );
+        assert!(!config(&["--s3-path-style", "false"]).s3.force_path_style);
+        assert!(config(&["--s3-path-style"]).s3.force_path_style);
     }
 }

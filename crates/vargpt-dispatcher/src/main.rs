@@ -1,15 +1,18 @@
 //! `vargpt-dispatcher run …`: see `vargpt-dispatcher run --help`.
+//!
+//! Exit codes (as the worker's): 0 all jobs succeeded, 1 some jobs failed or
+//! the run failed, 2 usage or configuration error, 130 interrupted.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vargpt_dispatcher::cli::{Cli, Command};
-
-/// Exit code of a run that could not do its work (bad input, broker down, …).
-const EXIT_ERROR: u8 = 2;
+use vargpt_dispatcher::cli::{Cli, Command, RunArgs};
+use vargpt_dispatcher::exit;
 
 fn main() -> ExitCode {
+    // Before clap reads the environment, and before any thread starts.
+    let renamed = vargpt_dispatcher::env_compat::adopt_legacy();
     let cli = Cli::parse();
     // lapin logs expected channel closes (a failed passive declare) as
     // errors; the dispatcher reports every broker error itself.
@@ -19,33 +22,63 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    for warning in renamed {
+        tracing::warn!("{warning}");
+    }
+    match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Table(args) => {
+            match vargpt_dispatcher::table::write_table(&args.output, &args.table) {
+                Ok(rows) => {
+                    println!("{rows} rows: {}", args.table.display());
+                    code(exit::OK)
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", args.table.display());
+                    code(exit::FAILED)
+                }
+            }
+        }
+    }
+}
 
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return code(exit::USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_ERROR);
+            return code(exit::FAILED);
         }
     };
-    let Command::Run(args) = cli.command;
-    let outcome = runtime.block_on(async {
-        let config = args.into_config()?;
-        vargpt_dispatcher::run(config, shutdown_signal()).await
-    });
+    let outcome = runtime.block_on(vargpt_dispatcher::run(config, shutdown_signal()));
     match outcome {
         Ok(report) => {
             println!("{}", report.stats);
             if let Some(path) = &report.failures_file {
                 println!("failures: {}", path.display());
             }
+            if let Some((path, rows)) = &report.table {
+                println!("table: {} ({rows} rows)", path.display());
+            }
             if report.interrupted {
                 eprintln!("interrupted; run the same command again to resume");
             }
-            ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(EXIT_ERROR))
+            code(report.exit_code())
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
+            code(exit::code_of(&e))
         }
     }
 }

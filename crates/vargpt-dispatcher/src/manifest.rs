@@ -148,11 +148,16 @@ pub fn parse_line(
             line.version.unwrap_or_default()
         ));
     }
-    let (image, name) = match line.image {
-        None => (None, kind.as_str().to_string()),
+    let (image, name, source) = match line.image {
+        None => (None, kind.as_str().to_string(), origin.to_string()),
         Some(value) => {
             let (image, name) = image_ref(&value, base_dir)?;
-            (Some(image), name)
+            // As written in the line (a path stays relative to the manifest).
+            let source = match &image {
+                ImageRef::Local(_) => name.clone(),
+                other => other.source(origin),
+            };
+            (Some(image), name, source)
         }
     };
     check_kind(kind, &prompt, image.is_some())?;
@@ -171,6 +176,7 @@ pub fn parse_line(
         params,
         model,
         origin: origin.to_string(),
+        source,
     }))
 }
 
@@ -239,6 +245,7 @@ mod tests {
         assert_eq!(spec.kind, JobKind::Vqa);
         assert_eq!(spec.image, Some(ImageRef::Local("/data/imgs/a.png".into())));
         assert_eq!(spec.params.unwrap().max_new_tokens, Some(8));
+        assert_eq!(spec.source, "imgs/a.png", "as written in the line");
 
         let spec = parse(r#"{"image":"s3://bucket/k/b.jpg"}"#)
             .unwrap()
@@ -246,16 +253,19 @@ mod tests {
         assert_eq!(spec.kind, JobKind::Caption);
         assert_eq!(spec.image, Some(ImageRef::S3("s3://bucket/k/b.jpg".into())));
         assert!(spec.id.starts_with("bucket-k-b.jpg-"), "{}", spec.id);
+        assert_eq!(spec.source, "s3://bucket/k/b.jpg");
 
         let gen = parse(r#"{"kind":"generate_image","prompt":"a red bicycle","model":"big"}"#)
             .unwrap()
             .unwrap();
         assert_eq!(gen.model.as_deref(), Some("big"));
         assert!(gen.image.is_none());
+        assert_eq!(gen.source, "m.jsonl:1");
         let wire = parse(r#"{"id":"w","version":1,"kind":"caption","image":{"data":"AQID"}}"#)
             .unwrap()
             .unwrap();
         assert_eq!(wire.image, Some(ImageRef::Inline("AQID".into())));
+        assert_eq!(wire.source, "m.jsonl:1");
         let derived = parse(r#"{"image":{"data":"AQID"}}"#).unwrap().unwrap();
         assert!(derived.id.starts_with("inline-"), "{}", derived.id);
         let uri = parse(r#"{"image":{"uri":"s3://b/k.png"}}"#)

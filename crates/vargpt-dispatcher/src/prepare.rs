@@ -51,6 +51,9 @@ impl Upload {
 
 /// A job ready to publish, or the result that says why it cannot be.
 #[derive(Debug, Clone, PartialEq)]
+// One short-lived value per job being prepared: boxing would only add an
+// allocation (the sizes shift as the contract types grow).
+#[allow(clippy::large_enum_variant)]
 pub enum Prepared {
     Job(Job),
     Refused(JobResult),

@@ -7,10 +7,13 @@
 //! dispatcher for `reply_queue_ttl`, so the answers to jobs that were in
 //! flight when a run crashed wait there and are written by the next run.
 //! A result is acked only after its line is flushed to the output.
+//!
+//! Each line gets the item's `source` and `prompt` ([`crate::sources`]);
+//! with `--table` the output is also written as a CSV table at the end.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,23 +22,22 @@ use anyhow::{bail, Context as _};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
-use sha2::{Digest, Sha256};
 use vargpt_client::wire;
 use vargpt_proto::json::Timestamp;
+use vargpt_proto::wire::Names;
 use vargpt_proto::ErrorCode;
 
+use crate::broker::{self, redact};
+use crate::exit::usage;
 use crate::input::{self, Input};
 use crate::ledger::{Ledger, Recorded};
 use crate::prepare::{local_failure, Prepared, Preparer, Upload};
 use crate::progress::Progress;
 use crate::routing::Router;
 use crate::s3::{self, S3Options};
+use crate::sources::{annotate, Item, SourceLog};
 use crate::spec::{JobSpec, Template};
 use crate::summary::Stats;
 
@@ -45,6 +47,8 @@ pub struct RunConfig {
     pub input: Input,
     pub output: PathBuf,
     pub amqp_url: String,
+    /// The queue prefix shared with the workers (`--queue-prefix`).
+    pub names: Names,
     pub router: Router,
     pub template: Template,
     /// `s3://bucket/prefix` to upload local images to, instead of inlining them.
@@ -64,6 +68,8 @@ pub struct RunConfig {
     pub progress: bool,
     pub max_inline_bytes: u64,
     pub prepare_concurrency: usize,
+    /// Also write the output as a CSV table here ([`crate::table`]).
+    pub table: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -74,30 +80,22 @@ pub struct Report {
     pub output: PathBuf,
     /// Written when the output holds failed jobs.
     pub failures_file: Option<PathBuf>,
+    /// The CSV table and its rows, with `--table`.
+    pub table: Option<(PathBuf, usize)>,
 }
 
 impl Report {
     /// 0: every job in the output succeeded; 1: some failed (see the
-    /// failures file); 130: interrupted (re-run to resume).
+    /// failures file); 130: interrupted (re-run to resume). See the README.
     pub fn exit_code(&self) -> i32 {
         if self.interrupted {
-            130
+            crate::exit::INTERRUPTED
         } else if self.stats.failures_in_output > 0 {
-            1
+            crate::exit::FAILED
         } else {
-            0
+            crate::exit::OK
         }
     }
-}
-
-/// The reply queue of an output file: the same file always gets the same
-/// queue, so a re-run finds the results of the run before.
-pub fn default_reply_queue(output: &Path) -> String {
-    let absolute = std::fs::canonicalize(output)
-        .or_else(|_| std::path::absolute(output))
-        .unwrap_or_else(|_| output.to_path_buf());
-    let digest = Sha256::digest(absolute.to_string_lossy().as_bytes());
-    format!("vargpt.dispatch.{}", &hex::encode(digest)[..16])
 }
 
 /// A job between admission and result.
@@ -120,6 +118,7 @@ struct Dispatch<'a> {
     stats: Stats,
     in_flight: HashMap<String, InFlight>,
     preparer: Arc<Preparer>,
+    sources: SourceLog,
     publish: Channel,
     reply_queue: String,
     progress: Progress,
@@ -148,7 +147,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         cfg.template
             .check_for_images()
             .map_err(anyhow::Error::msg)
-            .context("--kind / --prompt")?;
+            .context("--kind / --prompt")
+            .map_err(usage)?;
     }
     // The first pass reads the whole folder or manifest: off the async threads.
     let (ledger, scan) = {
@@ -160,7 +160,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .context("the input scan panicked")?
     };
-    let scan = scan?;
+    let scan = scan.map_err(usage)?;
 
     let needs_s3 = cfg.upload_to.is_some() || matches!(cfg.input, Input::S3Prefix { .. });
     let s3_client = if needs_s3 {
@@ -181,12 +181,28 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let connection = Connection::connect(&cfg.amqp_url, props)
         .await
         .with_context(|| format!("cannot connect to {}", redact(&cfg.amqp_url)))?;
-    check_job_queues(&connection, &cfg.router).await?;
+    broker::check_job_queues(&connection, &cfg.router)
+        .await
+        .map_err(usage)?;
     let reply_queue = cfg
         .reply_queue
         .clone()
-        .unwrap_or_else(|| default_reply_queue(&cfg.output));
-    let (mut consumer, backlog) = consume_replies(&connection, &reply_queue, &cfg).await?;
+        .unwrap_or_else(|| broker::default_reply_queue(&cfg.names, &cfg.output));
+    let (mut consumer, backlog) = broker::consume_replies(
+        &connection,
+        &reply_queue,
+        cfg.max_in_flight,
+        cfg.reply_queue_ttl,
+    )
+    .await?;
+    // Only now, with the reply queue ours alone: another dispatcher on the
+    // same output is refused above and must not have its file rewritten.
+    let sources = SourceLog::open(&cfg.output, &ledger).with_context(|| {
+        format!(
+            "cannot open {}",
+            crate::sources::log_path(&cfg.output).display()
+        )
+    })?;
     let publish = connection.create_channel().await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
@@ -203,6 +219,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         stats,
         in_flight: HashMap::new(),
         preparer,
+        sources,
         publish,
         reply_queue: reply_queue.clone(),
         progress,
@@ -224,20 +241,32 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let interrupted = outcome?;
     let finished = !interrupted && dispatch.in_flight.is_empty();
     if finished {
-        delete_reply_queue(&connection, &reply_queue).await;
+        broker::delete_reply_queue(&connection, &reply_queue).await;
     }
     let _ = connection.close(200, "dispatcher done".into()).await;
+    let table = match &cfg.table {
+        Some(path) => {
+            let rows = crate::table::write_table(&cfg.output, path)
+                .with_context(|| format!("cannot write the table {}", path.display()))?;
+            Some((path.clone(), rows))
+        }
+        None => None,
+    };
 
     let mut stats = dispatch.stats;
     stats.elapsed = started.elapsed();
     stats.failures_in_output = failures as u64;
     stats.results_in_output = dispatch.ledger.len() as u64;
     let failures_file = (failures > 0).then(|| dispatch.ledger.failures_path());
+    if finished {
+        dispatch.sources.remove();
+    }
     Ok(Report {
         stats,
         interrupted,
         output: cfg.output.clone(),
         failures_file,
+        table,
     })
 }
 
@@ -349,8 +378,9 @@ impl Dispatch<'_> {
         let mut job = match prepared {
             Prepared::Job(job) => job,
             Prepared::Refused(result) => {
+                let item = item_of(&entry.spec);
                 self.in_flight.remove(id);
-                return self.write_result(&result.to_json(), None);
+                return self.write_result(&result.to_json(), None, &item);
             }
         };
         job.correlation_id = format!("{id}/{attempt}");
@@ -360,6 +390,12 @@ impl Dispatch<'_> {
         ));
         let props = wire::job_properties(&job.id, &job.correlation_id, &job.reply_to)?;
         let queue = entry.queue.clone();
+        if attempt == 1 {
+            let item = item_of(&entry.spec);
+            self.sources
+                .note(id, &item)
+                .context("cannot write the sources file")?;
+        }
         let published =
             wire::publish_confirmed(&self.publish, "", &queue, &job.to_json(), props, id).await;
         let Some(entry) = self.in_flight.get_mut(id) else {
@@ -413,7 +449,7 @@ impl Dispatch<'_> {
                 );
                 let result =
                     local_failure(&id, entry.spec.kind, ErrorCode::DeadlineExceeded, message);
-                self.write_result(&result.to_json(), entry.first_sent)?;
+                self.write_result(&result.to_json(), entry.first_sent, &item_of(&entry.spec))?;
                 continue;
             }
             entry.attempt += 1;
@@ -454,13 +490,17 @@ impl Dispatch<'_> {
             }
             (Some(id), Some(_)) => {
                 if let Some(entry) = self.in_flight.remove(&id) {
-                    self.write_result(&delivery.data, entry.first_sent)?;
+                    self.write_result(&delivery.data, entry.first_sent, &item_of(&entry.spec))?;
                 } else if self.ledger.get(&id).is_some() {
                     self.stats.duplicates += 1;
                 } else {
                     // Sent by an earlier run of this output; its answer counts.
                     self.stats.recovered += 1;
-                    self.write_result(&delivery.data, None)?;
+                    let item = self.sources.take_pending(&id).unwrap_or_else(|| {
+                        tracing::warn!(%id, "the source of an earlier run's job is unknown");
+                        Item::default()
+                    });
+                    self.write_result(&delivery.data, None, &item)?;
                 }
             }
             _ => {
@@ -479,8 +519,13 @@ impl Dispatch<'_> {
         Ok(())
     }
 
-    fn write_result(&mut self, body: &[u8], first_sent: Option<Instant>) -> anyhow::Result<()> {
-        match self.ledger.record(body)? {
+    fn write_result(
+        &mut self,
+        body: &[u8],
+        first_sent: Option<Instant>,
+        item: &Item,
+    ) -> anyhow::Result<()> {
+        match self.ledger.record(&annotate(body, item))? {
             Recorded::Ok => self.stats.ok += 1,
             Recorded::Failed { code, .. } => self.stats.record_failure(&code),
         }
@@ -492,113 +537,9 @@ impl Dispatch<'_> {
     }
 }
 
-/// Fails early, with a clear message, when a job queue does not exist (jobs
-/// are published `mandatory`, so they would come back unroutable anyway).
-async fn check_job_queues(connection: &Connection, router: &Router) -> anyhow::Result<()> {
-    for queue in router.queues() {
-        // A failed passive declare closes its channel: one channel per check.
-        let channel = connection.create_channel().await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let name = ShortString::try_new(queue).map_err(anyhow::Error::msg)?;
-        if let Err(e) = channel
-            .queue_declare(name, options, FieldTable::default())
-            .await
-        {
-            bail!(
-                "job queue {queue:?} does not exist on the broker (is the worker deployed?): {e}"
-            );
-        }
-        let _ = channel.close(200, "checked".into()).await;
-    }
-    Ok(())
-}
-
-/// Declares the reply queue and consumes it alone; returns the consumer and
-/// how many results were already waiting.
-async fn consume_replies(
-    connection: &Connection,
-    queue: &str,
-    cfg: &RunConfig,
-) -> anyhow::Result<(Consumer, u32)> {
-    let channel = connection.create_channel().await?;
-    let prefetch = u16::try_from(cfg.max_in_flight.saturating_mul(2).max(32)).unwrap_or(u16::MAX);
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut args = FieldTable::default();
-    let ttl_ms = i64::try_from(cfg.reply_queue_ttl.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
-    args.insert("x-expires".into(), AMQPValue::LongLongInt(ttl_ms));
-    let name = ShortString::try_new(queue).map_err(anyhow::Error::msg)?;
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let declared = channel
-        .queue_declare(name.clone(), options, args)
-        .await
-        .with_context(|| format!("cannot declare the reply queue {queue:?}"))?;
-    let consumer = channel
-        .basic_consume(
-            name,
-            "vargpt-dispatcher".into(),
-            BasicConsumeOptions { exclusive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| {
-            format!("cannot consume the reply queue {queue:?}: is another dispatcher writing the same output?")
-        })?;
-    Ok((consumer, declared.message_count()))
-}
-
-async fn delete_reply_queue(connection: &Connection, queue: &str) {
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    let Ok(name) = ShortString::try_new(queue) else {
-        return;
-    };
-    let options = QueueDeleteOptions {
-        if_empty: true,
-        ..Default::default()
-    };
-    if let Err(e) = channel.queue_delete(name, options).await {
-        tracing::debug!(queue, "reply queue kept: {e}");
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://***@{host}")
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reply_queue_follows_the_output_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = default_reply_queue(&dir.path().join("a.jsonl"));
-        assert_eq!(a, default_reply_queue(&dir.path().join("a.jsonl")));
-        assert_ne!(a, default_reply_queue(&dir.path().join("b.jsonl")));
-        assert!(a.starts_with("vargpt.dispatch."));
-        assert_eq!(a.len(), "vargpt.dispatch.".len() + 16);
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact("amqp://u:p@h:5672/%2f"), "amqp://***@h:5672/%2f");
-        assert_eq!(redact("amqp://h"), "amqp://h");
+fn item_of(spec: &JobSpec) -> Item {
+    Item {
+        source: spec.source.clone(),
+        prompt: spec.prompt.clone(),
     }
 }

@@ -29,6 +29,21 @@ pub struct JobSpec {
     pub model: Option<String>,
     /// Where it came from, for messages: `cats/a.png`, `jobs.jsonl:12`.
     pub origin: String,
+    /// The item as the user named it, written into its result line: the
+    /// image path (the input folder joined with the file's path below it, or
+    /// as written in a manifest), the `s3://` URI, else the manifest line.
+    pub source: String,
+}
+
+impl ImageRef {
+    /// The `source` of a job made from this image, `fallback` for inline bytes.
+    pub fn source(&self, fallback: &str) -> String {
+        match self {
+            ImageRef::Local(path) => path.display().to_string(),
+            ImageRef::S3(uri) => uri.clone(),
+            ImageRef::Inline(_) => fallback.to_string(),
+        }
+    }
 }
 
 /// The job settings of a run (flags), applied to every directory / S3 item
@@ -50,6 +65,7 @@ impl Template {
     /// The spec of the image item `name` (a path relative to the input root,
     /// or an S3 key relative to the prefix).
     pub fn image_job(&self, name: &str, image: ImageRef) -> JobSpec {
+        let source = image.source(name);
         JobSpec {
             id: job_id(
                 name,
@@ -64,6 +80,7 @@ impl Template {
             params: self.params.clone(),
             model: self.model.clone(),
             origin: name.to_string(),
+            source,
         }
     }
 }
@@ -131,6 +148,9 @@ mod tests {
         };
         let a = t.image_job("x/a.png", ImageRef::Local("/d/x/a.png".into()));
         assert!(a.id.starts_with("x-a.png-"), "{}", a.id);
+        assert_eq!(a.source, "/d/x/a.png");
+        let s3 = t.image_job("k.png", ImageRef::S3("s3://b/p/k.png".into()));
+        assert_eq!(s3.source, "s3://b/p/k.png");
         let t2 = Template {
             params: Some(SamplingParams {
                 max_new_tokens: Some(8),

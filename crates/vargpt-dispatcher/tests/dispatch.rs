@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use vargpt_client::testing::{unique_name, FakeWorker, FakeWorkerOptions};
-use vargpt_dispatcher::run::default_reply_queue;
+use vargpt_dispatcher::broker::default_reply_queue;
+use vargpt_proto::wire::Names;
 
 async fn run(cmd: Command, limit: Duration) -> std::process::Output {
     tokio::task::spawn_blocking(move || run_to_end(cmd, limit))
@@ -95,6 +96,17 @@ async fn killed_midway_and_resumed_gives_one_result_per_image() {
     assert!(!output
         .with_file_name("results.jsonl.failures.jsonl")
         .exists());
+    // Every line names its image, also those answered to the killed run.
+    for (name, id) in expected_names_and_ids(&images) {
+        let source = images.join(&name).display().to_string();
+        assert_eq!(results[&id]["source"], source.as_str(), "{id}");
+    }
+    assert!(
+        !output
+            .with_file_name("results.jsonl.sources.jsonl")
+            .exists(),
+        "the sources file is removed once every job has its result"
+    );
 
     // Third run: everything is done, nothing is sent, the reply queue is gone.
     let out = run(
@@ -108,7 +120,7 @@ async fn killed_midway_and_resumed_gives_one_result_per_image() {
     assert!(summary.contains("sent            0 "), "{summary}");
     assert_eq!(line_count(&output), 200);
     assert!(
-        !queue_exists(&default_reply_queue(&output)).await,
+        !queue_exists(&default_reply_queue(&Names::default(), &output)).await,
         "reply queue left behind"
     );
 }

@@ -165,7 +165,7 @@ fn dispatch_command(images: &Path, output: &Path, jobs_queue: &str, s3: &S3Serve
     let mut cmd = dispatcher(images, output, jobs_queue);
     cmd.args(["--params", PARAMS, "--max-in-flight", "16"])
         .args(["--upload-to", &format!("s3://{BUCKET}/inputs/")])
-        .args(["--s3-endpoint", &s3.endpoint(), "--s3-force-path-style"])
+        .args(["--s3-endpoint", &s3.endpoint(), "--s3-path-style"])
         .args(["--s3-region", S3_REGION])
         .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)

@@ -72,7 +72,7 @@ fn with_s3(cmd: &mut Command, server: &S3Server) {
     cmd.args([
         "--s3-endpoint",
         &server.endpoint,
-        "--s3-force-path-style",
+        "--s3-path-style",
         "--s3-region",
         "us-east-1",
     ])

@@ -58,6 +58,13 @@ pub fn expected_ids(root: &Path) -> Vec<String> {
 /// `vargpt-dispatcher run` with the test broker, no progress bar, a reply
 /// queue that expires soon, and none of the caller's VARGPT_* / AWS_* settings.
 pub fn dispatcher(input: &Path, output: &Path, queue: &str) -> Command {
+    let mut cmd = dispatcher_without_queue(input, output);
+    cmd.args(["--queue", queue]);
+    cmd
+}
+
+/// [`dispatcher`] without naming the job queue (for `--queue-prefix`).
+pub fn dispatcher_without_queue(input: &Path, output: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vargpt-dispatcher"));
     for (key, _) in std::env::vars() {
         if key.starts_with("VARGPT_") || key.starts_with("AWS_") {
@@ -70,7 +77,7 @@ pub fn dispatcher(input: &Path, output: &Path, queue: &str) -> Command {
         .arg(input)
         .arg("--output")
         .arg(output)
-        .args(["--amqp-url", &amqp_url(), "--queue", queue, "--no-progress"])
+        .args(["--amqp-url", &amqp_url(), "--no-progress"])
         // Long enough for a re-run to find it, short enough not to litter the broker.
         .args(["--reply-queue-ttl", "2m"]);
     cmd
