@@ -4,10 +4,13 @@
 # (amqp://guest:guest@127.0.0.1:5672/%2f) and a worker consuming `vargpt.jobs`,
 # so the documented wire contract is tested from outside Rust.
 #
-# The worker: VARGPT_README_WORKER_CMD, when set, is started here in the
-# background and stopped at the end (e.g. a `vargpt-worker serve
-# --fake-backend …` with the default queue prefix); otherwise a worker must
-# already consume `vargpt.jobs`. The example's image, cat.png, is
+# The worker, one of:
+# * VARGPT_README_WORKER_BIN=path/to/vargpt-worker: started here with its fake
+#   backend, the default queue prefix and its own s3s-fs (VARGPT_TOOLS/bin or
+#   PATH), all stopped at the end;
+# * VARGPT_README_WORKER_CMD: a command started here in the background and
+#   stopped at the end;
+# * neither: a worker must already consume `vargpt.jobs`. The example's image, cat.png, is
 # VARGPT_README_IMAGE (default: a small PNG of the fuzz corpus).
 #
 # Needs python3 with pika (`pip install pika`). Exit 0 when the example got an
@@ -26,11 +29,12 @@ python3 -c 'import pika' 2>/dev/null || {
 
 work="$(mktemp -d)"
 worker_pid=""
+s3_pid=""
 cleanup() {
-  if [ -n "$worker_pid" ]; then
-    kill "$worker_pid" 2>/dev/null || true
-    wait "$worker_pid" 2>/dev/null || true
-  fi
+  for pid in $worker_pid $s3_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,7 +48,25 @@ if [ ! -s "$work/example.py" ]; then
 fi
 cp "$image" "$work/cat.png"
 
-if [ -n "${VARGPT_README_WORKER_CMD:-}" ]; then
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+if [ -n "${VARGPT_README_WORKER_BIN:-}" ]; then
+  s3s_fs="${VARGPT_TOOLS:-$HOME/.cache/vargpt-rs/tools}/bin/s3s-fs"
+  [ -x "$s3s_fs" ] || s3s_fs="$(command -v s3s-fs)" || {
+    echo "run_readme_example: s3s-fs not found (VARGPT_TOOLS/bin or PATH)" >&2
+    exit 2
+  }
+  mkdir -p "$work/s3/vargpt-images"
+  s3_port="$(free_port)"
+  "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key readme \
+    --secret-key readme-secret "$work/s3" >"$work/s3.log" 2>&1 &
+  s3_pid=$!
+  AWS_ACCESS_KEY_ID=readme AWS_SECRET_ACCESS_KEY=readme-secret \
+    "$VARGPT_README_WORKER_BIN" serve --model fake --fake-backend \
+    --amqp-url 'amqp://guest:guest@127.0.0.1:5672/%2f' \
+    --s3-bucket vargpt-images --s3-endpoint "http://127.0.0.1:$s3_port" \
+    --http-addr "127.0.0.1:$(free_port)" >"$work/worker.log" 2>&1 &
+  worker_pid=$!
+elif [ -n "${VARGPT_README_WORKER_CMD:-}" ]; then
   bash -c "$VARGPT_README_WORKER_CMD" >"$work/worker.log" 2>&1 &
   worker_pid=$!
 fi
