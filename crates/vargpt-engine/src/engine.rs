@@ -6,6 +6,7 @@
 use crate::error::EngineError;
 use crate::observer::{NoObserver, Observer};
 use crate::options::{EngineLimits, LoadOptions};
+use crate::provenance::ModelInfo;
 use crate::request::{Request, Response};
 use crate::sampling::{NoiseSource, RngNoise};
 use crate::sequence::step::StepModel;
@@ -24,6 +25,7 @@ pub struct Engine {
     load_seconds: f64,
     weight_bytes: usize,
     eos: Vec<u32>,
+    info: ModelInfo,
 }
 
 impl Engine {
@@ -38,6 +40,7 @@ impl Engine {
             limits: opts.limits.clone(),
             load_seconds: t0.elapsed().as_secs_f64(),
             weight_bytes: loaded.weight_bytes,
+            info: loaded.info,
         })
     }
 
@@ -58,6 +61,11 @@ impl Engine {
     }
     pub fn limits(&self) -> &EngineLimits {
         &self.limits
+    }
+    /// Model revision, dtype, devices and TP degree, recorded at load: the
+    /// static part of every result's provenance.
+    pub fn provenance_info(&self) -> &ModelInfo {
+        &self.info
     }
 
     pub fn run(&self, req: &Request) -> Result<Response, EngineError> {

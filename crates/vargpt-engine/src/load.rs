@@ -3,6 +3,7 @@
 
 use crate::error::EngineError;
 use crate::options::{parse_dtype, select_device, LoadOptions};
+use crate::provenance::{self, ModelInfo};
 use candle_core::DType;
 use vargpt_model::{expected_tensors, ModelFiles, VargptModel, Weights};
 
@@ -12,6 +13,7 @@ pub(crate) struct Loaded {
     pub model: VargptModel,
     /// Bytes of weights as stored (before any dtype conversion).
     pub weight_bytes: usize,
+    pub info: ModelInfo,
 }
 
 pub(crate) fn load(opts: &LoadOptions) -> Result<Loaded, EngineError> {
@@ -38,9 +40,17 @@ pub(crate) fn load(opts: &LoadOptions) -> Result<Loaded, EngineError> {
     let shards = crate::parallel::shards(opts, &device)?;
     let model = VargptModel::load_sharded(&weights, &files.config, &shards)
         .map_err(|e| EngineError::Load(e.to_string()))?;
+    let info = ModelInfo {
+        model_id: opts.model.clone(),
+        revision: provenance::revision(&opts.model, &dir),
+        dtype: provenance::dtype_label(dtype, linear_dtype),
+        device: provenance::device_label(shards.iter().map(|s| &s.device)),
+        tensor_parallel: shards.len(),
+    };
     Ok(Loaded {
         files,
         model,
         weight_bytes: weights.stored_bytes(),
+        info,
     })
 }

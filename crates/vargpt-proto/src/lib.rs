@@ -25,7 +25,7 @@ pub mod wire;
 pub use code::ErrorCode;
 pub use job::{ImageInput, Job, JobKind, SamplingParams};
 pub use limits::Limits;
-pub use result::{ErrorInfo, ImageLocation, JobResult, ResultStatus, Timings};
+pub use result::{ErrorInfo, ImageLocation, JobResult, Provenance, ResultStatus, Timings};
 pub use validate::{
     check_id, parse_job, ImageSource, JobHints, Rejected, ValidJob, ValidationError,
 };

@@ -3,7 +3,9 @@
 //! compares it with these tables, and checks that serde writes exactly the
 //! lowerCamelCase of these names, so the file, the tables and the types agree.
 
-use crate::{ErrorInfo, ImageInput, ImageLocation, Job, JobResult, SamplingParams, Timings};
+use crate::{
+    ErrorInfo, ImageInput, ImageLocation, Job, JobResult, Provenance, SamplingParams, Timings,
+};
 
 /// A message type of the contract.
 pub trait ProtoMessage {
@@ -91,6 +93,21 @@ impl ProtoMessage for JobResult {
         ("attempt", 12),
         ("finish_reason", 13),
         ("tokens_generated", 14),
+        ("provenance", 15),
+    ];
+}
+
+impl ProtoMessage for Provenance {
+    const PROTO_NAME: &'static str = "Provenance";
+    const FIELDS: &'static [(&'static str, u32)] = &[
+        ("model_id", 1),
+        ("model_revision", 2),
+        ("dtype", 3),
+        ("device", 4),
+        ("tensor_parallel", 5),
+        ("worker_version", 6),
+        ("seed", 7),
+        ("params", 8),
     ];
 }
 

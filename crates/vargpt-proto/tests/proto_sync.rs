@@ -214,6 +214,16 @@ fn full_result() -> JobResult {
         attempt: 2,
         finish_reason: "eos".into(),
         tokens_generated: 7,
+        provenance: Some(Provenance {
+            model_id: "m".into(),
+            model_revision: "r".into(),
+            dtype: "bf16".into(),
+            device: "cuda:0".into(),
+            tensor_parallel: 2,
+            worker_version: "0.1.0+abc".into(),
+            seed: 3,
+            params: full_params(),
+        }),
     }
 }
 
@@ -229,6 +239,7 @@ fn every_proto_message_and_enum_has_a_rust_twin() {
         ImageLocation::PROTO_NAME,
         Timings::PROTO_NAME,
         ErrorInfo::PROTO_NAME,
+        Provenance::PROTO_NAME,
     ];
     rust_messages.sort();
     assert_eq!(messages, rust_messages);
@@ -252,6 +263,7 @@ fn field_names_and_numbers_agree() {
     check_message::<ImageLocation>(&schema);
     check_message::<Timings>(&schema);
     check_message::<ErrorInfo>(&schema);
+    check_message::<Provenance>(&schema);
     check_enum::<JobKind>(&schema);
     check_enum::<ResultStatus>(&schema);
     check_enum::<ErrorCode>(&schema);
@@ -275,6 +287,7 @@ fn serde_writes_proto3_json_names() {
     check_json(full_result().image.as_ref().unwrap());
     check_json(&full_result().timings);
     check_json(full_result().error.as_ref().unwrap());
+    check_json(full_result().provenance.as_ref().unwrap());
 
     // The oneof: each member is written under its own proto name.
     let names: Vec<String> = ImageInput::FIELDS

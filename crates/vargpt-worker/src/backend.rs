@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 use vargpt_engine::{
-    BatchConfig, Engine, EngineError, EngineLimits, LoadOptions, Request, Response, Scheduler,
+    BatchConfig, Engine, EngineError, EngineLimits, LoadOptions, ModelInfo, Request, Response,
+    Scheduler,
 };
 use vargpt_proto::Limits;
 
@@ -33,6 +34,11 @@ pub trait Backend: Send + Sync {
     fn is_alive(&self) -> bool {
         true
     }
+
+    /// The static part of each result's provenance ([`crate::provenance`]).
+    fn model_info(&self) -> ModelInfo {
+        crate::provenance::unloaded(self.model_id())
+    }
 }
 
 impl Backend for Engine {
@@ -43,6 +49,10 @@ impl Backend for Engine {
     fn run(&self, req: &Request) -> Result<Response, EngineError> {
         Engine::run(self, req)
     }
+
+    fn model_info(&self) -> ModelInfo {
+        self.provenance_info().clone()
+    }
 }
 
 /// The engine behind its continuous-batching scheduler: every job in flight —
@@ -50,6 +60,7 @@ impl Backend for Engine {
 /// decode steps and leaves it when done.
 pub struct BatchingEngine {
     model_id: String,
+    info: ModelInfo,
     scheduler: Scheduler,
     /// Each job's time bound, counted from its submission.
     job_timeout: Option<Duration>,
@@ -59,6 +70,7 @@ impl BatchingEngine {
     pub fn new(engine: Arc<Engine>, cfg: BatchConfig, job_timeout: Option<Duration>) -> Self {
         Self {
             model_id: engine.model_id().to_string(),
+            info: engine.provenance_info().clone(),
             scheduler: Scheduler::spawn(engine, cfg),
             job_timeout,
         }
@@ -72,6 +84,10 @@ impl Backend for BatchingEngine {
 
     fn is_alive(&self) -> bool {
         self.scheduler.is_alive()
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        self.info.clone()
     }
 
     fn run(&self, req: &Request) -> Result<Response, EngineError> {

@@ -18,6 +18,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod provenance;
 pub mod serve;
 pub mod shutdown;
 pub mod store;

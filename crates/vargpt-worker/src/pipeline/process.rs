@@ -296,6 +296,7 @@ impl Pipeline {
         p: Prepared,
         resp: Result<Response, Failure>,
     ) -> Disposition {
+        let provenance = crate::provenance::of_job(self.backend.as_ref(), &p.request.params);
         let Prepared {
             job, mut timings, ..
         } = p;
@@ -362,6 +363,7 @@ impl Pipeline {
                 attempt: env.meta.attempt,
                 finish_reason,
                 tokens_generated: u32::try_from(tokens).unwrap_or(u32::MAX),
+                provenance: Some(provenance),
             }),
             route,
         )

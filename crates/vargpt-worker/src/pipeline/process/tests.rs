@@ -54,8 +54,12 @@ impl ImageStore for MemStore {
 }
 
 fn pipeline(store: Arc<MemStore>) -> Pipeline {
+    pipeline_on(Arc::new(FakeBackend::new("fake")), store)
+}
+
+fn pipeline_on(backend: Arc<dyn Backend>, store: Arc<MemStore>) -> Pipeline {
     Pipeline::new(
-        Arc::new(FakeBackend::new("fake")),
+        backend,
         store,
         Arc::new(Metrics::new().unwrap()),
         PipelineConfig {
@@ -290,4 +294,81 @@ fn unset_seed_derives_from_the_job_id() {
         ..Default::default()
     };
     assert_eq!(engine_params(&explicit, "j", 100).seed, Some(9));
+}
+
+fn completed(d: Disposition) -> Box<JobResult> {
+    match d {
+        Disposition::Complete(r, _) => r,
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+/// Runs `prompt` as a generate_image job, then resubmits it under
+/// another id with the seed and params of its provenance: the image must be
+/// the same bytes. Returns the first result.
+async fn resubmit_reproduces(p: &Pipeline, prompt: &str) -> Box<JobResult> {
+    let job = serde_json::json!({ "id": "orig", "kind": "generate_image", "prompt": prompt });
+    let first = completed(one(p, &env(&job.to_string())).await);
+    let prov = first
+        .provenance
+        .clone()
+        .expect("an ok result has a provenance");
+    assert_eq!(prov.params.seed, Some(prov.seed));
+    let again = serde_json::json!({
+        "id": "copy",
+        "kind": "generate_image",
+        "prompt": prompt,
+        "params": prov.params,
+    });
+    let second = completed(one(p, &env(&again.to_string())).await);
+    let (a, b) = (first.image.clone().unwrap(), second.image.unwrap());
+    assert_ne!(a.key, b.key);
+    assert_eq!(a.sha256, b.sha256, "same seed and params, same image");
+    assert_eq!(second.provenance.as_ref(), Some(&prov));
+    // Without them another id derives another seed, hence another image:
+    // the check above is not vacuous.
+    let other = serde_json::json!({ "id": "other", "kind": "generate_image", "prompt": prompt });
+    let third = completed(one(p, &env(&other.to_string())).await);
+    assert_ne!(third.provenance.unwrap().seed, prov.seed);
+    assert_ne!(third.image.unwrap().sha256, a.sha256);
+    first
+}
+
+#[tokio::test]
+async fn the_provenance_seed_and_params_reproduce_the_image_fake_backend() {
+    let p = pipeline(Arc::new(MemStore::default()));
+    let r = resubmit_reproduces(&p, "a red fox").await;
+    let prov = r.provenance.unwrap();
+    assert_eq!(prov.model_id, "fake");
+    assert_eq!(prov.worker_version, crate::provenance::WORKER_VERSION);
+    // Defaults are filled in: the job set no params at all.
+    assert_eq!(prov.params.max_new_tokens, Some(512));
+    assert_eq!(prov.params.greedy, Some(true));
+}
+
+#[tokio::test]
+async fn the_provenance_seed_and_params_reproduce_the_image_tiny_model() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/reference-tiny"
+    );
+    let engine = vargpt_engine::Engine::load(&vargpt_engine::LoadOptions::new(dir)).unwrap();
+    let backend = crate::backend::BatchingEngine::new(
+        Arc::new(engine),
+        vargpt_engine::BatchConfig::default(),
+        None,
+    );
+    let p = pipeline_on(Arc::new(backend), Arc::new(MemStore::default()));
+    let r = resubmit_reproduces(&p, "a red fox").await;
+    let prov = r.provenance.unwrap();
+    assert_eq!(prov.model_id, dir);
+    assert!(prov.model_revision.starts_with("sha256:"), "{prov:?}");
+    assert_eq!(
+        (
+            prov.dtype.as_str(),
+            prov.device.as_str(),
+            prov.tensor_parallel
+        ),
+        ("f32", "cpu", 1)
+    );
 }
