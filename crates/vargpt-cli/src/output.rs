@@ -150,8 +150,15 @@ pub struct JsonOutput<'a> {
     pub codes: Option<&'a [u32]>,
     /// The seed every random draw came from.
     pub seed: u64,
+    /// Model revision, dtype, device, this build, the seed and every
+    /// sampling parameter: as in the worker's results (camelCase, the seed a
+    /// string), so a run can be replayed or submitted as a job.
+    pub provenance: vargpt_proto::Provenance,
     pub timings: JsonTimings<'a>,
 }
+
+/// `<crate version>+<git commit>` of this build, for the provenance.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("VARGPT_GIT_COMMIT"));
 
 #[derive(Debug, Serialize)]
 pub struct JsonTimings<'a> {
@@ -167,7 +174,7 @@ impl<'a> JsonOutput<'a> {
         task: Task,
         resp: &'a Response,
         image_path: Option<&Path>,
-        seed: u64,
+        provenance: vargpt_proto::Provenance,
         load_s: f64,
     ) -> Self {
         let img = resp.image.as_ref();
@@ -183,7 +190,8 @@ impl<'a> JsonOutput<'a> {
             width: img.map(|i| i.width),
             height: img.map(|i| i.height),
             codes: img.map(|i| i.codes.as_slice()),
-            seed,
+            seed: provenance.seed,
+            provenance,
             timings: JsonTimings {
                 load_s,
                 run: &resp.timings,

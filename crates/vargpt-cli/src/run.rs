@@ -234,7 +234,9 @@ fn run_job(job: Job) -> Result<()> {
             job.task,
             &resp,
             image_path,
-            seed,
+            engine
+                .provenance_info()
+                .provenance(output::VERSION, &req.params),
             load_s,
         ))?;
     }

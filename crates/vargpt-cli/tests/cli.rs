@@ -370,6 +370,57 @@ fn seed_makes_sampling_reproducible() {
 }
 
 #[test]
+fn json_provenance_replays_an_unseeded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model();
+    let model = model.as_str();
+    let gen = |name: &str, extra: &[&str]| {
+        let p = dir.path().join(name);
+        let mut args = vec!["generate", "--json", "--model", model];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--prompt", "a red car", "--out", p.to_str().unwrap()]);
+        (vargpt_json(&args), std::fs::read(&p).unwrap())
+    };
+    let (first, png1) = gen("a.png", &[]);
+    let prov = &first["provenance"];
+    let seed = prov["seed"].as_str().expect("the seed is a uint64 string");
+    assert_eq!(seed, first["seed"].as_u64().unwrap().to_string());
+    assert_eq!(prov["params"]["seed"].as_str(), Some(seed));
+    assert_eq!(prov["modelId"], model);
+    assert!(prov["modelRevision"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert_eq!(prov["dtype"], "f32");
+    assert_eq!(prov["device"], "cpu");
+    assert_eq!(prov["tensorParallel"], 1);
+    let version = prov["workerVersion"].as_str().unwrap();
+    assert!(version.starts_with(env!("CARGO_PKG_VERSION")), "{version}");
+    let params = &prov["params"];
+    assert_eq!(params["cfgScale"], 1.5);
+    assert_eq!(params["imageTopK"], 900);
+    assert_eq!(params["maxNewTokens"], 512);
+    // The recorded seed and params replay the same PNG, byte for byte.
+    let flag = |k: &str| params[k].to_string();
+    let (cfg, topk, topp) = (flag("cfgScale"), flag("imageTopK"), flag("imageTopP"));
+    let (second, png2) = gen(
+        "b.png",
+        &[
+            "--seed",
+            seed,
+            "--cfg",
+            &cfg,
+            "--image-top-k",
+            &topk,
+            "--image-top-p",
+            &topp,
+        ],
+    );
+    assert_eq!(second["provenance"], *prov);
+    assert!(png1 == png2, "same seed and params, same PNG");
+}
+
+#[test]
 fn chat_mixed_output_writes_png_and_no_image_forbids_it() {
     // Find a seed where the random-weight model switches to image mode.
     let dir = tempfile::tempdir().unwrap();
