@@ -358,7 +358,13 @@ async fn a_worker_dying_midway_loses_nothing() {
     let mut cmd = dispatcher(&images, &output, &queue);
     cmd.args(["--max-in-flight", "8"]);
     let handle = tokio::task::spawn_blocking(move || run_to_end(cmd, Duration::from_secs(60)));
+    let start = Instant::now();
     while doomed.taken() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the doomed worker took {} jobs in 30 s",
+            doomed.taken()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     doomed.kill().await; // its unacked jobs go back to the queue
@@ -385,7 +391,13 @@ async fn ctrl_c_stops_at_once_and_a_rerun_finishes() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
+    let start = Instant::now();
     while line_count(&output) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} results in 30 s",
+            line_count(&output)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let status = Command::new("kill")

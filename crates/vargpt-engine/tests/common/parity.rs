@@ -126,7 +126,11 @@ pub fn pixel_values_match_clip_image_processor_with(e: &Engine, g: &Golden) {
     let want = g.f32s("pixel_values");
     let (mx, mn) = (max_abs(&pv, &want), mean_abs(&pv, &want));
     println!("pixel_values: max|Δ| = {mx:.3e}, mean|Δ| = {mn:.3e}");
-    assert!(mx <= 0.03 && mn <= 0.005);
+    // Measured 0 on reference-tiny and reference-shapes: the resize is PIL's
+    // integer arithmetic reproduced bit for bit. 1e-6 is vargpt-imageproc's own
+    // bound (tests/golden.rs); it leaves room only for f32 rounding in the
+    // normalisation, while one uint8 level off is 1/255/std ≈ 0.015.
+    assert!(mx <= 1e-6, "pixel_values: max|Δ| {mx} > 1e-6");
 }
 
 pub fn image_features_match(e: &Engine) {

@@ -1,9 +1,11 @@
-//! Real model: caption, VQA, chat and text-to-image through RabbitMQ and S3.
+//! Real model: caption, VQA, chat and text-to-image through RabbitMQ and S3,
+//! compared with the reference's answers (golden.json, reference_image_cfg0.png).
 
 use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use vargpt_integration_tests::force_fake_backend;
 use vargpt_integration_tests::worker::Worker;
 use vargpt_proto::{JobKind, ResultStatus};
 
@@ -26,14 +28,14 @@ async fn four_kinds_of_jobs_produce_results_and_a_stored_png() {
     worker.wait_ready(READY_TIMEOUT).await.unwrap();
     let replies = env.broker.reply_queue("replies").await.unwrap();
 
+    // The reference's cases; the caption takes the default prompt (the
+    // reference's "Describe the image.") and its image from S3.
     let jobs = [
         json!({"id": "cap-1", "kind": "caption", "image": {"uri": format!("s3://{BUCKET}/inputs/test_image.png")},
-               "params": {"maxNewTokens": 12}}),
-        json!({"id": "vqa-1", "kind": "vqa", "prompt": "What color is the sky?",
-               "image": {"data": b64(&test_image_bytes())}, "params": {"maxNewTokens": 12}}),
-        json!({"id": "chat-1", "kind": "chat", "prompt": "Hello, who are you?",
-               "params": {"maxNewTokens": 12, "allowImage": false}}),
-        json!({"id": "gen-1", "kind": "generate_image", "prompt": "a red square", "params": {"seed": "1", "cfgScale": 1.5}}),
+               "params": {"maxNewTokens": 12, "greedy": true}}),
+        golden::text_job("vqa-1", "vqa"),
+        golden::text_job("chat-1", "text"),
+        golden::image_job("gen-1", 1),
     ];
     for (i, j) in jobs.iter().enumerate() {
         let cid = format!("corr-{i}");
@@ -66,6 +68,13 @@ async fn four_kinds_of_jobs_produce_results_and_a_stored_png() {
         assert!(results[id].tokens_generated > 0, "{:#?}", results[id]);
     }
     assert_eq!(results["cap-1"].kind, JobKind::Caption);
+    // The fake backend answers anything: only the real model is held to the reference.
+    let real = !force_fake_backend();
+    if real {
+        for (id, case) in [("cap-1", "caption"), ("vqa-1", "vqa"), ("chat-1", "text")] {
+            assert_eq!(results[id].text, golden::text(case), "{id}");
+        }
+    }
 
     let gen = &results["gen-1"];
     let loc = gen
@@ -73,7 +82,12 @@ async fn four_kinds_of_jobs_produce_results_and_a_stored_png() {
         .clone()
         .expect("generate_image result has an image");
     assert_eq!(loc.bucket, BUCKET);
-    assert_eq!(loc.key, "images/gen-1.png");
+    // The key names the request: `images/{id}-{digest of the body}.png`.
+    assert!(
+        loc.key.starts_with("images/gen-1-") && loc.key.ends_with(".png"),
+        "{}",
+        loc.key
+    );
     let obj = env
         .s3
         .client()
@@ -92,6 +106,9 @@ async fn four_kinds_of_jobs_produce_results_and_a_stored_png() {
     let img =
         image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).expect("PNG decodes");
     assert_eq!((img.width(), img.height()), (loc.width, loc.height));
+    if real {
+        golden::assert_reference_image(&bytes, "gen-1");
+    }
 
     // Idempotency: the same job again (as a redelivery would) gives the same key and bytes.
     env.broker
