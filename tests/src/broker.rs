@@ -136,6 +136,12 @@ impl Broker {
         if let Some(c) = correlation_id {
             props = props.with_correlation_id(ShortString::from(c));
         }
+        self.publish_props(body, props).await
+    }
+
+    /// Publishes one message with exactly these properties to the job queue
+    /// (hostile-client tests set any header or property).
+    pub async fn publish_props(&self, body: &[u8], props: BasicProperties) -> anyhow::Result<()> {
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()

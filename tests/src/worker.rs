@@ -86,7 +86,7 @@ impl Worker {
                 std::env::var("VARGPT_IT_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("RUST_BACKTRACE", "0")
-            .env("AMQP_URL", &config.amqp_url)
+            .env("VARGPT_AMQP_URL", &config.amqp_url)
             .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
             .env("AWS_REGION", S3_REGION)

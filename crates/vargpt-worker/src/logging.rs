@@ -53,6 +53,11 @@ pub fn filter(rust_log: Option<&str>) -> EnvFilter {
             f = f.add_directive(d);
         }
     }
+    // lapin warns of a returned message with its whole body; the sink logs
+    // the return itself, bounded.
+    if let Ok(d) = "lapin::returned_messages=error".parse() {
+        f = f.add_directive(d);
+    }
     f
 }
 

@@ -240,14 +240,16 @@ async fn consume(
         readiness.set_broker(true);
         readiness.set_broker_stalled(None);
         let connection = Arc::new(session.connection);
+        let lost = Arc::new(tokio::sync::Notify::new());
         let sink = Arc::new(AmqpSink::new(
             connection.clone(),
             broker.topology.clone(),
             worker_id.to_string(),
             broker.confirm_timeout,
             readiness.clone(),
+            lost.clone(),
         ));
-        let mut source = AmqpSource::new(session.consumer.clone(), session.suspects.clone());
+        let mut source = AmqpSource::new(session.consumer.clone(), session.suspects.clone(), lost);
         let end = runner.run(&mut source, sink, shutdown).await;
         readiness.set_broker(false);
         match end {

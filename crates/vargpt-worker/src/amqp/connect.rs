@@ -35,6 +35,8 @@ pub struct AmqpSettings {
 /// consumer): a broker that accepts but never answers must not hold the
 /// worker forever, nor keep it from trying the next node.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat interval asked of the broker, seconds (RabbitMQ's default: 60).
+pub const HEARTBEAT_SECS: u16 = 15;
 
 /// The broker URLs of the setting: one URL or a comma-separated list
 /// (blanks around entries ignored, empty entries skipped).
@@ -141,7 +143,12 @@ async fn open(
     topo: &Topology,
     consumer_tag: &str,
 ) -> Result<Session, OpenError> {
-    let uri = AMQPUri::from_str(url).map_err(|_| OpenError::BadUrl)?;
+    let mut uri = AMQPUri::from_str(url).map_err(|_| OpenError::BadUrl)?;
+    // A half-open connection (the peer gone without a FIN) is only noticed
+    // by missed heartbeats: ask for a short interval unless the URL sets one.
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(HEARTBEAT_SECS);
+    }
     let tls = OwnedTLSConfig {
         identity: None,
         cert_chain: s.ca_pem.clone(),

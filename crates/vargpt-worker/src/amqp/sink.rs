@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tracing::warn;
 use vargpt_proto::{ErrorInfo, JobResult, CONTENT_TYPE};
 
@@ -39,6 +39,10 @@ pub struct AmqpSink {
     worker_id: String,
     confirm_timeout: Duration,
     readiness: Arc<Readiness>,
+    /// Told when the broker stopped answering: the session is then given up
+    /// (the source reports the loss) and the worker reconnects, maybe to
+    /// another node, instead of waiting on a half-open socket.
+    lost: Arc<Notify>,
 }
 
 /// What the broker did with one publish.
@@ -55,6 +59,7 @@ impl AmqpSink {
         worker_id: String,
         confirm_timeout: Duration,
         readiness: Arc<Readiness>,
+        lost: Arc<Notify>,
     ) -> Self {
         AmqpSink {
             connection,
@@ -63,6 +68,7 @@ impl AmqpSink {
             worker_id,
             confirm_timeout,
             readiness,
+            lost,
         }
     }
 
@@ -95,6 +101,7 @@ impl AmqpSink {
             self.confirm_timeout.as_secs_f64()
         );
         self.readiness.set_broker_stalled(Some(why.clone()));
+        self.lost.notify_one();
         TransportError::Disconnected(why)
     }
 
@@ -205,6 +212,16 @@ impl AmqpSink {
     }
 }
 
+/// `amq.*` names belong to the broker. Direct reply-to addresses among them
+/// are not answered: a forged one (`amq.rabbitmq.reply-to.<junk>`) makes
+/// RabbitMQ 3.10's channel crash and close the publisher's whole connection
+/// with INTERNAL_ERROR, so any client could cut the worker off its broker
+/// (found by the hostile-client suite). Such results go to the results
+/// exchange instead.
+fn is_reserved(reply_to: &str) -> bool {
+    reply_to.starts_with("amq.")
+}
+
 #[async_trait]
 impl ResultSink for AmqpSink {
     async fn publish(&self, result: &JobResult, route: &Route) -> Result<(), TransportError> {
@@ -220,7 +237,7 @@ impl ResultSink for AmqpSink {
         if let Some(c) = &route.correlation_id {
             props = props.with_correlation_id(ShortString::from(c.as_str()));
         }
-        if let Some(q) = &route.reply_to {
+        if let Some(q) = route.reply_to.as_ref().filter(|q| !is_reserved(q)) {
             match self.publish_confirmed("", q, &body, props.clone()).await {
                 Ok(Outcome::Stored) => return Ok(()),
                 // The reply queue is gone or refused it: the result must not
@@ -233,6 +250,9 @@ impl ResultSink for AmqpSink {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(q) = route.reply_to.as_ref().filter(|q| is_reserved(q)) {
+            warn!(reply_to = %q, "reply-to names a broker-reserved amq.* address; publishing to the results exchange");
         }
         self.publish_to_results(result, &body, props).await
     }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Consumer;
+use tokio::sync::Notify;
 
 use super::headers::meta_of;
 use crate::pipeline::{Acker, Envelope, Incoming, JobSource, TransportError};
@@ -18,11 +19,17 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AmqpSource {
     jobs: Consumer,
     suspects: Consumer,
+    /// Notified by the sink when the broker stopped answering.
+    lost: Arc<Notify>,
 }
 
 impl AmqpSource {
-    pub fn new(jobs: Consumer, suspects: Consumer) -> Self {
-        AmqpSource { jobs, suspects }
+    pub fn new(jobs: Consumer, suspects: Consumer, lost: Arc<Notify>) -> Self {
+        AmqpSource {
+            jobs,
+            suspects,
+            lost,
+        }
     }
 }
 
@@ -54,6 +61,9 @@ impl JobSource for AmqpSource {
         // each one holds a prefetch slot of its own until it runs.
         tokio::select! {
             biased;
+            _ = self.lost.notified() => Err(TransportError::Disconnected(
+                "the broker stopped answering (a publish confirm timed out)".into(),
+            )),
             d = self.suspects.next() => incoming(d, true),
             d = self.jobs.next() => incoming(d, false),
         }

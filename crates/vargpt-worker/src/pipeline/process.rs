@@ -541,7 +541,7 @@ fn task_of(kind: JobKind) -> Task {
 
 fn prompt_of(job: &ValidJob) -> String {
     if job.kind == JobKind::Caption && job.prompt.trim().is_empty() {
-        "Describe the image.".to_string()
+        vargpt_proto::limits::DEFAULT_CAPTION_PROMPT.to_string()
     } else {
         job.prompt.clone()
     }

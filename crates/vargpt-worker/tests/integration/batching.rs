@@ -29,9 +29,8 @@ async fn concurrent_jobs_are_batched_and_match_unbatched_greedy_output() {
         .as_str()
         .unwrap()
         .to_string();
-    let config = env
-        .worker_config()
-        .args(["--concurrency", "8", "--engine-batch", "8"]);
+    // No batching flags: a worker batches concurrent jobs by default.
+    let config = env.worker_config();
     let mut worker = Worker::spawn(&config, &format!("{}-w", env.prefix)).unwrap();
     worker.wait_ready(READY_TIMEOUT).await.unwrap();
     let replies = env.broker.reply_queue("replies").await.unwrap();

@@ -15,7 +15,7 @@ use crate::common::*;
 async fn broker_restart_mid_run_loses_no_job() {
     let env = TestEnv::new("restart").await;
     let rmq = PrivateBroker::start("restart").expect("a private RabbitMQ node");
-    let mut cfg = env.worker_config().fake().args(["--concurrency", "2"]);
+    let mut cfg = env.worker_config().fake().args(["--max-batch", "2"]);
     cfg.amqp_url = rmq.url();
     let mut worker = Worker::spawn(&cfg, &format!("{}-w", env.prefix)).unwrap();
     worker.wait_ready(READY_TIMEOUT).await.unwrap();

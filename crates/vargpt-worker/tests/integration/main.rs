@@ -15,6 +15,7 @@ mod crash;
 mod embedded;
 mod faults;
 mod happy_path;
+mod hostile;
 mod observability;
 mod poison;
 mod reconnect;

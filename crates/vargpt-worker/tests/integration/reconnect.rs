@@ -16,7 +16,7 @@ use crate::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_drop_mid_run_loses_no_job() {
     let env = TestEnv::new("reconnect").await;
-    let cfg = env.worker_config().fake().args(["--concurrency", "2"]);
+    let cfg = env.worker_config().fake().args(["--max-batch", "2"]);
     let mut worker = Worker::spawn(&cfg, &format!("{}-w", env.prefix)).unwrap();
     worker.wait_ready(READY_TIMEOUT).await.unwrap();
     let replies = env.broker.reply_queue("replies").await.unwrap();

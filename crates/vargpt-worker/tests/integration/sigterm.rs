@@ -12,10 +12,10 @@ use crate::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_jobs() {
     let env = TestEnv::new("sigterm").await;
-    let cfg =
-        env.worker_config()
-            .fake()
-            .args(["--concurrency", "2", "--shutdown-grace-secs", "20"]);
+    let cfg = env
+        .worker_config()
+        .fake()
+        .args(["--max-batch", "2", "--shutdown-grace-secs", "20"]);
     let mut worker = Worker::spawn(&cfg, &format!("{}-w", env.prefix)).unwrap();
     worker.wait_ready(READY_TIMEOUT).await.unwrap();
     let replies = env.broker.reply_queue("replies").await.unwrap();
