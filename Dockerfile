@@ -59,6 +59,10 @@ RUN --mount=type=cache,id=vargpt-apt-cuda,target=/var/cache/apt,sharing=locked \
 # hadolint ignore=DL3006
 FROM builder-${VARIANT} AS build
 ARG VARIANT
+# The commit results name in provenance.workerVersion (the build context has
+# no .git): docker build --build-arg VARGPT_GIT_COMMIT=$(git rev-parse --short HEAD)
+ARG VARGPT_GIT_COMMIT=unknown
+ENV VARGPT_GIT_COMMIT=${VARGPT_GIT_COMMIT}
 # Packages built and the binaries copied into the runtime image
 # (vargpt-cli builds the `vargpt` binary).
 ARG PACKAGES="vargpt-worker vargpt-dispatcher vargpt-cli"

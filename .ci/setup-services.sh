@@ -62,6 +62,12 @@ for p in 5681 5682 5683; do
     fi
 done
 
+# The client README's Python example runs in CI, unchanged: it needs pika.
+if ! python3 -c "import pika" >/dev/null 2>&1; then
+    log "installing pika (pip)"
+    python3 -m pip install -q pika >/dev/null
+fi
+
 # --- s3s-fs -------------------------------------------------------------
 S3S_BIN="$TOOLS/bin/s3s-fs"
 if [ ! -x "$S3S_BIN" ] || ! "$S3S_BIN" --version 2>/dev/null | grep -q "$S3S_VERSION"; then

@@ -344,6 +344,20 @@ impl PipelineArgs {
         (self.max_batch(on_gpu), 1)
     }
 
+    /// Warnings for the deprecated batching flags that are set.
+    pub fn deprecations(&self, model: &ModelArgs) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.concurrency.is_some() || self.batch_max.is_some() {
+            out.push(
+                "--concurrency / --batch-max are deprecated: use --max-batch (jobs held at once)",
+            );
+        }
+        if model.engine_batch.is_some() {
+            out.push("--engine-batch is deprecated: --max-batch sets the engine's batch too");
+        }
+        out
+    }
+
     /// How many jobs the worker holds at once.
     pub fn max_batch(&self, on_gpu: bool) -> u32 {
         self.max_batch

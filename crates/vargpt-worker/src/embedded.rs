@@ -42,6 +42,9 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<Summary> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let on_gpu = args.model.on_gpu();
     let (concurrency, batch_max) = args.pipeline.slots(on_gpu);
+    for w in args.pipeline.deprecations(&args.model) {
+        tracing::warn!("{w}");
+    }
     let engine = crate::backend::EngineSettings {
         max_batch: args.pipeline.max_batch(on_gpu) as usize,
         job_timeout: Duration::from_secs(args.pipeline.job_timeout_secs),

@@ -2,7 +2,6 @@
 //! then model, then the bucket check, then the broker; reconnects on broker
 //! loss; on SIGTERM stops consuming, drains, exits 0.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let on_gpu = args.model.on_gpu();
     let (concurrency, batch_max) = args.pipeline.slots(on_gpu);
     let max_batch = args.pipeline.max_batch(on_gpu);
+    for w in args.pipeline.deprecations(&args.model) {
+        tracing::warn!("{w}");
+    }
     let worker_id = args.pipeline.worker_id();
     let limits = args.limits.limits(Some(&args.s3_bucket))?;
     let topology = Arc::new(Topology {
@@ -67,12 +69,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         metrics.clone(),
         Duration::from_secs(15),
     ));
-    let engine_died = watch_engine(
+    watch_engine(
         backend.clone(),
         readiness.clone(),
         trigger,
         shutdown.clone(),
     );
+    let engine = backend.clone();
 
     let store: Arc<dyn ImageStore> = Arc::new(
         S3Store::new(S3Settings {
@@ -121,7 +124,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     consume(&runner, &broker, &readiness, &shutdown, grace).await;
     readiness.set_draining();
-    if engine_died.load(std::sync::atomic::Ordering::SeqCst) {
+    if !engine.is_alive() {
         error!("the engine died; exiting so the process restarts");
         return Ok(exit_code::FAILED);
     }
@@ -130,15 +133,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
 }
 
 /// Polls the engine; once it died, readiness and health fail and shutdown
-/// starts (its jobs are given back by the pipeline). The flag tells `run`.
+/// starts (the runner has stopped taking jobs already).
 fn watch_engine(
     backend: Arc<dyn Backend>,
     readiness: Arc<Readiness>,
     trigger: Arc<shutdown::ShutdownTrigger>,
     shutdown: Shutdown,
-) -> Arc<AtomicBool> {
-    let died = Arc::new(AtomicBool::new(false));
-    let flag = died.clone();
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -147,14 +148,12 @@ fn watch_engine(
             }
             if !backend.is_alive() {
                 error!("the engine is dead (its batching thread is gone)");
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 readiness.set_engine_dead();
                 trigger.trigger();
                 return;
             }
         }
     });
-    died
 }
 
 /// Re-checks the store while serving, so a store that stalls or goes away

@@ -212,14 +212,14 @@ impl AmqpSink {
     }
 }
 
-/// `amq.*` names belong to the broker. Direct reply-to addresses among them
-/// are not answered: a forged one (`amq.rabbitmq.reply-to.<junk>`) makes
-/// RabbitMQ 3.10's channel crash and close the publisher's whole connection
-/// with INTERNAL_ERROR, so any client could cut the worker off its broker
-/// (found by the hostile-client suite). Such results go to the results
-/// exchange instead.
+/// Direct reply-to addresses are not answered: a forged one
+/// (`amq.rabbitmq.reply-to.<junk>`) makes RabbitMQ 3.10's channel crash and
+/// close the publisher's whole connection with INTERNAL_ERROR, so any client
+/// could cut the worker off its broker (found by the hostile-client suite).
+/// Such results go to the results exchange instead. (Server-named queues,
+/// `amq.gen-*`, are ordinary queues and are answered.)
 fn is_reserved(reply_to: &str) -> bool {
-    reply_to.starts_with("amq.")
+    reply_to.starts_with("amq.rabbitmq.reply-to")
 }
 
 #[async_trait]
@@ -252,7 +252,7 @@ impl ResultSink for AmqpSink {
             }
         }
         if let Some(q) = route.reply_to.as_ref().filter(|q| is_reserved(q)) {
-            warn!(reply_to = %q, "reply-to names a broker-reserved amq.* address; publishing to the results exchange");
+            warn!(reply_to = %q, "reply-to is a direct reply-to address, which the worker does not answer; publishing to the results exchange");
         }
         self.publish_to_results(result, &body, props).await
     }

@@ -218,8 +218,8 @@ pub enum Disposition {
     },
     /// In flight when a worker died: move to the suspect queue, then ack.
     Quarantine,
-    /// The worker, not the job, failed (its engine died): give the message
-    /// back for another worker, with no result.
+    /// The worker, not the job, failed (its engine died): no result, no
+    /// ack; the message goes back when the dying worker's connection closes.
     Release,
 }
 

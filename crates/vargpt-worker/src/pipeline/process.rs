@@ -88,6 +88,11 @@ impl Pipeline {
         &self.metrics
     }
 
+    /// False once the backend died: take no more jobs.
+    pub fn backend_alive(&self) -> bool {
+        self.backend.is_alive()
+    }
+
     /// Processes a batch; answer `i` belongs to message `i`. Never panics on
     /// any input, and a panic inside the backend becomes an error result.
     pub async fn process_batch(&self, envs: &[&Envelope]) -> Vec<Disposition> {

@@ -62,6 +62,11 @@ impl Runner {
                     Err(_) => return RunEnd::Shutdown, // semaphore closed: never happens
                 },
             };
+            if !self.pipeline.backend_alive() {
+                // A dead engine takes no job: each would only be returned
+                // with its delivery count raised.
+                return RunEnd::Shutdown;
+            }
             let first = match held.take() {
                 Some(m) => m,
                 None => tokio::select! {

@@ -131,7 +131,10 @@ async fn carry_out(
             sink.quarantine(env).await?;
             acker.ack().await?;
         }
-        Disposition::Release => acker.requeue().await?,
+        // Left unacked on purpose: the worker is about to exit, and closing
+        // its connection returns the message. A nack now would free the
+        // prefetch slot for another job to be charged with this death.
+        Disposition::Release => {}
     }
     Ok(())
 }
