@@ -127,7 +127,7 @@ pub struct CaptionArgs {
     #[arg(
         long,
         short = 'p',
-        default_value = "Describe the image.",
+        default_value = vargpt_proto::limits::DEFAULT_CAPTION_PROMPT,
         value_name = "TEXT"
     )]
     pub prompt: String,

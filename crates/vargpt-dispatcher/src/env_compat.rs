@@ -31,26 +31,10 @@ pub const RENAMED: &[(&str, &str)] = &[
     ),
 ];
 
-/// The renames to apply: old names that are set while their new name is
-/// not. Returns (old, new, value).
-pub fn legacy(get: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, &'static str, String)> {
-    RENAMED
-        .iter()
-        .filter(|(_, new)| get(new).is_none())
-        .filter_map(|&(old, new)| get(old).map(|v| (old, new, v)))
-        .collect()
-}
-
-/// Copies old names onto new ones in this process's environment and
-/// returns the warnings to print. Call before any other thread starts.
+/// Copies the old names onto the new ones (see [`vargpt_proto::env_names`]);
+/// returns the warnings to log. Call before any other thread starts.
 pub fn adopt_legacy() -> Vec<String> {
-    legacy(|k| std::env::var(k).ok())
-        .into_iter()
-        .map(|(old, new, v)| {
-            std::env::set_var(new, v);
-            format!("environment variable {old} is deprecated: set {new} instead")
-        })
-        .collect()
+    vargpt_proto::env_names::adopt_legacy(RENAMED)
 }
 
 #[cfg(test)]
@@ -66,7 +50,7 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            legacy(env),
+            vargpt_proto::env_names::legacy(RENAMED, env),
             vec![("AMQP_URL", "VARGPT_AMQP_URL", "amqp://a".to_string())]
         );
     }

@@ -13,6 +13,7 @@ mod enum_macro;
 
 pub mod bounded;
 pub mod code;
+pub mod env_names;
 pub mod exit_code;
 pub mod job;
 pub mod json;

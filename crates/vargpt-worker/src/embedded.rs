@@ -45,11 +45,11 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<Summary> {
     for w in args.pipeline.deprecations(&args.model) {
         tracing::warn!("{w}");
     }
-    let engine = crate::backend::EngineSettings {
+    let engine = crate::load::EngineSettings {
         max_batch: args.pipeline.max_batch(on_gpu) as usize,
         job_timeout: Duration::from_secs(args.pipeline.job_timeout_secs),
     };
-    let backend = crate::backend::load(
+    let backend = crate::load::load(
         &args.model,
         &limits,
         args.limits.max_prompt_tokens,

@@ -10,26 +10,10 @@ pub const RENAMED: &[(&str, &str)] = &[
     ("VARGPT_S3_FORCE_PATH_STYLE", "VARGPT_S3_PATH_STYLE"),
 ];
 
-/// The renames to apply: old names that are set while their new name is
-/// not. Returns (old, new, value).
-pub fn legacy(get: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, &'static str, String)> {
-    RENAMED
-        .iter()
-        .filter(|(_, new)| get(new).is_none())
-        .filter_map(|&(old, new)| get(old).map(|v| (old, new, v)))
-        .collect()
-}
-
-/// Copies old names onto new ones in this process's environment (call
-/// before any thread starts) and returns the warnings to log.
+/// Copies the old names onto the new ones (see [`vargpt_proto::env_names`]);
+/// returns the warnings to log. Call before any other thread starts.
 pub fn adopt_legacy() -> Vec<String> {
-    legacy(|k| std::env::var(k).ok())
-        .into_iter()
-        .map(|(old, new, v)| {
-            std::env::set_var(new, v);
-            format!("environment variable {old} is deprecated: set {new} instead")
-        })
-        .collect()
+    vargpt_proto::env_names::adopt_legacy(RENAMED)
 }
 
 #[cfg(test)]
@@ -44,7 +28,7 @@ mod tests {
             "VARGPT_AMQP_CA_FILE" => Some("/new-ca".to_string()),
             _ => None,
         };
-        let l = legacy(env);
+        let l = vargpt_proto::env_names::legacy(RENAMED, env);
         assert_eq!(
             l,
             vec![("AMQP_URL", "VARGPT_AMQP_URL", "amqp://a".to_string())]

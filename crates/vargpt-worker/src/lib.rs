@@ -15,6 +15,7 @@ pub mod failure;
 pub mod fake;
 pub mod gpu_stats;
 pub mod health;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -6,15 +6,14 @@
 use vargpt_engine::{ModelInfo, SamplingParams};
 use vargpt_proto::Provenance;
 
-use crate::backend::Backend;
-
 /// `<crate version>+<git commit>`; the commit comes from `build.rs`.
 pub const WORKER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("VARGPT_GIT_COMMIT"));
 
-/// The provenance of a job run on `backend` under `params`, the parameters
-/// the engine actually got (defaults filled in, seed set).
-pub fn of_job(backend: &dyn Backend, params: &SamplingParams) -> Provenance {
-    backend.model_info().provenance(WORKER_VERSION, params)
+/// The provenance of a job run on the model `info` describes, under
+/// `params`, the parameters the engine actually got (defaults filled in,
+/// seed set).
+pub fn of_job(info: &ModelInfo, params: &SamplingParams) -> Provenance {
+    info.provenance(WORKER_VERSION, params)
 }
 
 /// What a backend without a loaded model reports (the fake backend): its id,
@@ -32,7 +31,6 @@ pub fn unloaded(model_id: &str) -> ModelInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::FakeBackend;
 
     #[test]
     fn a_job_provenance_carries_the_seed_and_every_param() {
@@ -41,7 +39,7 @@ mod tests {
             max_new_tokens: 7,
             ..Default::default()
         };
-        let p = of_job(&FakeBackend::new("fake:m"), &params);
+        let p = of_job(&unloaded("fake:m"), &params);
         assert_eq!(p.model_id, "fake:m");
         assert_eq!(p.seed, 42);
         assert_eq!(p.params.seed, Some(42));

@@ -56,12 +56,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("binding the health server to {}", args.http_addr))?;
     info!(%worker_id, http = %bound, broker = %amqp::redacted(amqp_settings.url.expose()), "worker starting");
 
-    let engine = crate::backend::EngineSettings {
+    let engine = crate::load::EngineSettings {
         max_batch: max_batch as usize,
         job_timeout: Duration::from_secs(args.pipeline.job_timeout_secs),
     };
     let backend = tokio::select! {
-        b = crate::backend::load(&args.model, &limits, args.limits.max_prompt_tokens, engine, &metrics) => b.context("loading the model")?,
+        b = crate::load::load(&args.model, &limits, args.limits.max_prompt_tokens, engine, &metrics) => b.context("loading the model")?,
         _ = shutdown.wait() => return Ok(exit_code::OK),
     };
     readiness.set_model_loaded();

@@ -33,7 +33,7 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 pub struct AmqpSink {
     connection: Arc<Connection>,
     /// The publishing channel (confirm mode), opened on first use and again
-    /// whenever the broker closed it.
+    /// whenever the broker closed it, with the topology declared.
     channel: Mutex<Option<Channel>>,
     topology: Arc<Topology>,
     worker_id: String,
@@ -83,6 +83,10 @@ impl AmqpSink {
         }
         let open = async {
             let ch = self.connection.create_channel().await?;
+            // The broker closes a channel that publishes to a missing
+            // exchange: declaring the (idempotent) topology on every new
+            // channel puts back what an operator deleted.
+            self.topology.declare(&ch).await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok::<_, lapin::Error>(ch)
         };
@@ -186,6 +190,25 @@ impl AmqpSink {
             .with_delivery_mode(PERSISTENT)
     }
 
+    /// Publishes a copy of the job's message; a copy no queue took is a
+    /// failure (`missing` says which queue is missing).
+    async fn publish_copy(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        env: &Envelope,
+        props: BasicProperties,
+        missing: impl FnOnce() -> String,
+    ) -> Result<(), TransportError> {
+        match self
+            .publish_confirmed(exchange, routing_key, &env.body, props)
+            .await?
+        {
+            Outcome::Stored => Ok(()),
+            Outcome::Unroutable => Err(TransportError::NotConfirmed(missing())),
+        }
+    }
+
     /// Publishes to the results exchange; anything but "stored" means the
     /// result cannot be delivered.
     async fn publish_to_results(
@@ -267,15 +290,10 @@ impl ResultSink for AmqpSink {
             headers::set_u64(h, headers::FAILED_AT_MS, now_ms());
         });
         let dlx = self.topology.dead_letter_exchange();
-        match self
-            .publish_confirmed(&dlx, DEAD_ROUTING_KEY, &env.body, props.with_headers(h))
-            .await?
-        {
-            Outcome::Stored => Ok(()),
-            Outcome::Unroutable => Err(TransportError::NotConfirmed(
-                "dead-letter queue is not bound".into(),
-            )),
-        }
+        self.publish_copy(&dlx, DEAD_ROUTING_KEY, env, props.with_headers(h), || {
+            "dead-letter queue is not bound".into()
+        })
+        .await
     }
 
     async fn retry(&self, env: &Envelope, attempt: u32) -> Result<(), TransportError> {
@@ -305,15 +323,10 @@ impl ResultSink for AmqpSink {
                 }
             },
         );
-        match self
-            .publish_confirmed("", &queue, &env.body, props.with_headers(h))
-            .await?
-        {
-            Outcome::Stored => Ok(()),
-            Outcome::Unroutable => Err(TransportError::NotConfirmed(format!(
-                "retry queue {queue} does not exist"
-            ))),
-        }
+        self.publish_copy("", &queue, env, props.with_headers(h), || {
+            format!("retry queue {queue} does not exist")
+        })
+        .await
     }
 
     async fn quarantine(&self, env: &Envelope) -> Result<(), TransportError> {
@@ -326,14 +339,9 @@ impl ResultSink for AmqpSink {
             |_| {},
         );
         let queue = self.topology.suspect_queue();
-        match self
-            .publish_confirmed("", &queue, &env.body, props.with_headers(h))
-            .await?
-        {
-            Outcome::Stored => Ok(()),
-            Outcome::Unroutable => Err(TransportError::NotConfirmed(format!(
-                "suspect queue {queue} does not exist"
-            ))),
-        }
+        self.publish_copy("", &queue, env, props.with_headers(h), || {
+            format!("suspect queue {queue} does not exist")
+        })
+        .await
     }
 }

@@ -301,7 +301,7 @@ impl Pipeline {
         p: Prepared,
         resp: Result<Response, Failure>,
     ) -> Disposition {
-        let provenance = crate::provenance::of_job(self.backend.as_ref(), &p.request.params);
+        let provenance = crate::provenance::of_job(&self.backend.model_info(), &p.request.params);
         let Prepared {
             job, mut timings, ..
         } = p;

@@ -138,3 +138,88 @@ async fn carry_out(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use vargpt_proto::{JobKind, ResultStatus};
+
+    use super::*;
+    use crate::pipeline::Meta;
+
+    /// A sink whose result publishes fail as told; records what it did.
+    struct Sink {
+        publish: fn() -> Result<(), TransportError>,
+        log: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ResultSink for Sink {
+        async fn publish(&self, _: &JobResult, _: &Route) -> Result<(), TransportError> {
+            self.log.lock().unwrap().push("publish".into());
+            (self.publish)()
+        }
+        async fn dead_letter(&self, _: &Envelope, e: &ErrorInfo) -> Result<(), TransportError> {
+            self.log.lock().unwrap().push(format!("dead:{}", e.code));
+            Ok(())
+        }
+        async fn retry(&self, _: &Envelope, _: u32) -> Result<(), TransportError> {
+            self.log.lock().unwrap().push("retry".into());
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Ack(Mutex<Vec<&'static str>>);
+
+    #[async_trait]
+    impl Acker for Ack {
+        async fn ack(&self) -> Result<(), TransportError> {
+            self.0.lock().unwrap().push("ack");
+            Ok(())
+        }
+        async fn requeue(&self) -> Result<(), TransportError> {
+            self.0.lock().unwrap().push("requeue");
+            Ok(())
+        }
+    }
+
+    async fn run(publish: fn() -> Result<(), TransportError>) -> (Vec<String>, Vec<&'static str>) {
+        let sink = Sink {
+            publish,
+            log: Mutex::default(),
+        };
+        let ack = Ack::default();
+        let env = Envelope::new(b"{}".to_vec(), Meta::new(), None);
+        let result = JobResult {
+            job_id: "j".into(),
+            status: ResultStatus::Ok,
+            kind: JobKind::Chat,
+            ..Default::default()
+        };
+        let d = Disposition::Complete(Box::new(result), Route::default());
+        let metrics = Metrics::new().unwrap();
+        settle(&env, &ack, d, &sink, &metrics).await;
+        let log = sink.log.lock().unwrap().clone();
+        let acks = ack.0.lock().unwrap().clone();
+        (log, acks)
+    }
+
+    #[tokio::test]
+    async fn an_undeliverable_result_dead_letters_the_job_instead_of_rerunning_it() {
+        let (log, acks) = run(|| Err(TransportError::Undeliverable("nacked 3 times".into()))).await;
+        assert_eq!(log, ["publish", "dead:internal"]);
+        assert_eq!(acks, ["ack"], "never requeued: no loop");
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_gives_the_job_back() {
+        let (log, acks) = run(|| Err(TransportError::Disconnected("gone".into()))).await;
+        assert_eq!(log, ["publish"]);
+        assert_eq!(acks, ["requeue"]);
+        let (_, acks) = run(|| Ok(())).await;
+        assert_eq!(acks, ["ack"]);
+    }
+}

@@ -116,21 +116,33 @@ impl ImageStore for S3Store {
                 limit: max_bytes,
             });
         }
-        // Stream with a cap too: the declared length is not a promise.
+        // Stream with a cap too: the declared length is not a promise. The
+        // SDK's operation timeout ends with the response headers, so the
+        // body gets its own bound: a server that stalls mid-body must not
+        // hold the job's slot forever.
         let mut body = resp.body;
-        let mut out = Vec::with_capacity(size as usize);
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| StoreError::Unavailable(format!("{what}: reading body: {e}")))?;
-            out.extend_from_slice(&chunk);
-            if out.len() > max_bytes {
-                return Err(StoreError::TooLarge {
-                    size: out.len() as u64,
-                    limit: max_bytes,
-                });
+        let read = async {
+            let mut out = Vec::with_capacity(size as usize);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk
+                    .map_err(|e| StoreError::Unavailable(format!("{what}: reading body: {e}")))?;
+                out.extend_from_slice(&chunk);
+                if out.len() > max_bytes {
+                    return Err(StoreError::TooLarge {
+                        size: out.len() as u64,
+                        limit: max_bytes,
+                    });
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        };
+        let limit = self.settings.operation_timeout;
+        tokio::time::timeout(limit, read).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "{what}: body not read within {} s",
+                limit.as_secs_f64()
+            )))
+        })
     }
 
     async fn put_png(

@@ -22,5 +22,6 @@ mod poison;
 mod queue_wait;
 mod reconnect;
 mod retry;
+mod secrets;
 mod sigterm;
 mod tls;
