@@ -16,6 +16,21 @@ pub fn of_job(info: &ModelInfo, params: &SamplingParams) -> Provenance {
     info.provenance(WORKER_VERSION, params)
 }
 
+/// The part of a provenance that does not depend on the job (model, worker
+/// build): what an error result carries when its job never reached the
+/// engine (seed 0 and no params, since none were used).
+pub fn static_part(info: &ModelInfo) -> Provenance {
+    Provenance {
+        model_id: info.model_id.clone(),
+        model_revision: info.revision.clone(),
+        dtype: info.dtype.clone(),
+        device: info.device.clone(),
+        tensor_parallel: u32::try_from(info.tensor_parallel).unwrap_or(u32::MAX),
+        worker_version: WORKER_VERSION.to_string(),
+        ..Default::default()
+    }
+}
+
 /// What a backend without a loaded model reports (the fake backend): its id,
 /// no revision, one CPU rank.
 pub fn unloaded(model_id: &str) -> ModelInfo {

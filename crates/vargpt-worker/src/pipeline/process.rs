@@ -63,6 +63,9 @@ struct Known {
     id: String,
     kind: JobKind,
     route: Route,
+    /// Set once the job reached the engine: its provenance is then whole
+    /// (seed and effective params), not only the worker's and model's part.
+    provenance: Option<vargpt_proto::Provenance>,
 }
 
 impl Pipeline {
@@ -192,6 +195,7 @@ impl Pipeline {
             id: job.id.clone(),
             kind: job.kind,
             route: self.route(env, &job),
+            provenance: None,
         };
         let result = self.prepare_valid(env, &job).await;
         timings.preprocess_seconds = started.elapsed().as_secs_f64();
@@ -310,6 +314,7 @@ impl Pipeline {
             id: job.id.clone(),
             kind: job.kind,
             route: self.route(env, &job),
+            provenance: Some(provenance.clone()),
         };
         self.metrics
             .inference_seconds
@@ -459,6 +464,11 @@ impl Pipeline {
                 error: Some(failure.info()),
                 correlation_id: route.correlation_id.clone().unwrap_or_default(),
                 attempt,
+                provenance: Some(
+                    known.provenance.unwrap_or_else(|| {
+                        crate::provenance::static_part(&self.backend.model_info())
+                    }),
+                ),
                 ..Default::default()
             }),
             route,
@@ -480,6 +490,7 @@ impl Pipeline {
                     .clone()
                     .or_else(|| env.meta.correlation_id.clone()),
             },
+            provenance: None,
         }
     }
 

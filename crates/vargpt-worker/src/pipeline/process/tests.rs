@@ -372,3 +372,25 @@ async fn the_provenance_seed_and_params_reproduce_the_image_tiny_model() {
         ("f32", "cpu", 1)
     );
 }
+
+#[tokio::test]
+async fn error_results_carry_the_provenance_they_can() {
+    let p = pipeline(Arc::new(MemStore::default()));
+    // Refused before the engine: the model's and worker's part only.
+    let Disposition::DeadLetter(r, _) = one(&p, &env("not json")).await else {
+        panic!()
+    };
+    let prov = r.provenance.unwrap();
+    assert_eq!(prov.worker_version, crate::provenance::WORKER_VERSION);
+    assert_eq!(prov.model_id, "fake");
+    assert_eq!((prov.seed, prov.params.seed), (0, None));
+    // Failed in the engine: the seed and params it ran with too.
+    let Disposition::DeadLetter(r, _) =
+        one(&p, &env(r#"{"id":"f","kind":"chat","prompt":"__fail__"}"#)).await
+    else {
+        panic!()
+    };
+    let prov = r.provenance.unwrap();
+    assert_ne!(prov.seed, 0);
+    assert_eq!(prov.params.seed, Some(prov.seed));
+}
