@@ -6,6 +6,7 @@
 //! order that keeps at-least-once (result out and confirmed, then ack), and
 //! [`runner`] drives the loop with bounded concurrency and a drain on shutdown.
 
+pub mod job_request;
 pub mod preprocess;
 pub mod process;
 pub mod runner;

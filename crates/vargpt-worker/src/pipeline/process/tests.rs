@@ -7,6 +7,7 @@ use base64::Engine as _;
 use super::*;
 use crate::fake::FakeBackend;
 use crate::pipeline::{Meta, StoreError, StoredObject};
+use vargpt_proto::SamplingParams;
 
 /// An in-memory store whose uploads can be made to fail.
 #[derive(Default)]
