@@ -81,13 +81,15 @@ pub fn republished(
     drop: &[&str],
     add: impl Fn(&mut FieldTable),
 ) -> FieldTable {
-    let mut ours = FieldTable::default();
-    add(&mut ours);
     let mut out = without(original, drop);
     add(&mut out);
     if encoded_len(&out) <= MAX_HEADER_TABLE_BYTES {
         return out;
     }
+    // Only on this path (the client's headers too large) is a table of the
+    // worker's own headers alone built.
+    let mut ours = FieldTable::default();
+    add(&mut ours);
     let theirs = original.map_or(0, encoded_len);
     set_u64(&mut ours, HEADERS_DROPPED, theirs as u64);
     ours
